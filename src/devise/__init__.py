@@ -1,0 +1,1 @@
+"""devise: visual-semantic embeddings (DeViSE) and image search."""

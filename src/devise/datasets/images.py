@@ -1,0 +1,74 @@
+"""Image decoding shared by every reader and extractor."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from devise.errors import DataFormatError
+
+# Larger than any photo a dataset holds, smaller than a decompression bomb.
+MAX_IMAGE_PIXELS = 178_956_970
+
+
+def load_image(path: str | os.PathLike, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode an image file to an RGB ``uint8`` array of shape ``(H, W, 3)``.
+
+    EXIF orientation is applied, every mode (L, P, RGBA, CMYK, I;16, ...) is
+    converted to RGB with alpha composited on white, and GIFs give their
+    first frame. With ``size=(height, width)`` the image is resized so its
+    shorter side fits, then centre-cropped to exactly that size.
+
+    Raises:
+        DataFormatError: the file is missing, empty, truncated, not an
+            image, or too large to decode safely. The message names the file.
+    """
+    path = os.fspath(path)
+    try:
+        if os.path.getsize(path) == 0:
+            raise DataFormatError(f"{path}: empty file (0 bytes)")
+        with Image.open(path) as img:
+            if img.width * img.height > MAX_IMAGE_PIXELS:
+                raise DataFormatError(
+                    f"{path}: {img.width}x{img.height} pixels is over the "
+                    f"{MAX_IMAGE_PIXELS:,}-pixel limit (possible decompression bomb)"
+                )
+            img.seek(0)
+            img = ImageOps.exif_transpose(img)
+            img = _to_rgb(img)
+            if size is not None:
+                img = _resize_centre_crop(img, size)
+            return np.asarray(img, dtype=np.uint8)
+    except DataFormatError:
+        raise
+    except FileNotFoundError:
+        raise DataFormatError(f"{path}: file not found") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise DataFormatError(f"{path}: cannot decode image ({exc})") from None
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        peak = arr.max() if arr.size and arr.max() > 255 else 255.0
+        img = Image.fromarray((arr * (255.0 / peak)).clip(0, 255).astype(np.uint8), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img)
+    return img.convert("RGB")
+
+
+def _resize_centre_crop(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    height, width = size
+    scale = max(width / img.width, height / img.height)
+    new_w = max(width, round(img.width * scale))
+    new_h = max(height, round(img.height * scale))
+    img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    left = (new_w - width) // 2
+    top = (new_h - height) // 2
+    return img.crop((left, top, left + width, top + height))
