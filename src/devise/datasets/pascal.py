@@ -16,7 +16,7 @@ import dataclasses
 import io
 import os
 import pathlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from PIL import Image
 
@@ -52,6 +52,9 @@ IMAGE_DIR = "dataset"
 SENTENCE_DIR = "sentence"
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png"})
 SENTENCE_EXTENSION = ".txt"
+
+# (path, reason, line=None): records a problem or raises, per strictness.
+_ProblemRecorder = Callable[..., None]
 
 _EXPECTED_LAYOUT = (
     f"{IMAGE_DIR}/<category>/<stem>.jpg and {SENTENCE_DIR}/<category>/<stem>.txt "
@@ -110,7 +113,7 @@ def read_pascal_sentences(
         DataFormatError: in strict mode, on the first problem found.
     """
     root_path = pathlib.Path(root)
-    _check_layout_exists(root_path)
+    check_pascal_layout(root_path)
     if report is None:
         report = DataReport(strict=strict)
 
@@ -197,7 +200,9 @@ def write_pascal_layout(root: str | os.PathLike, items: Iterable[PascalItem]) ->
     return root_path
 
 
-def _check_layout_exists(root: pathlib.Path) -> None:
+def check_pascal_layout(root: str | os.PathLike) -> None:
+    """Raise :class:`MissingResourcesError` unless ``root`` has the Pascal Sentences folders."""
+    root = pathlib.Path(root)
     how_to_get = (
         f"expected the Pascal Sentences layout {_EXPECTED_LAYOUT}; download the images "
         f"and sentences from {PASCAL_URL} into that layout "
@@ -218,7 +223,9 @@ def _subdirectories(folder: pathlib.Path) -> list[str]:
     ]
 
 
-def _files_by_stem(folder: pathlib.Path, extensions: frozenset[str], record_problem) -> dict[str, pathlib.Path]:
+def _files_by_stem(
+    folder: pathlib.Path, extensions: frozenset[str], record_problem: _ProblemRecorder
+) -> dict[str, pathlib.Path]:
     """Map stem -> file for the files in ``folder`` with one of ``extensions``."""
     if not folder.is_dir():
         return {}
@@ -236,7 +243,7 @@ def _files_by_stem(folder: pathlib.Path, extensions: frozenset[str], record_prob
     return by_stem
 
 
-def _read_captions(path: pathlib.Path, record_problem) -> list[str] | None:
+def _read_captions(path: pathlib.Path, record_problem: _ProblemRecorder) -> list[str] | None:
     """Non-blank stripped lines of a sentence file, or None after reporting why not."""
     raw = path.read_bytes()
     try:

@@ -1,0 +1,281 @@
+"""Typed experiment configs, loaded strictly from YAML.
+
+An experiment config is a tree of frozen dataclasses. Loading rejects an
+unknown key (suggesting the closest valid one), a value of the wrong type
+or outside its allowed choices, naming the full key path; command-line
+overrides ``key.sub=value`` go through the same checks. See docs/configs.md
+for every key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from typing import Any, Literal
+
+import yaml
+
+from devise.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitConfig:
+    """Images per category in each split (the Pascal 1K protocol: 40/5/5)."""
+
+    train: int = 40
+    val: int = 5
+    test: int = 5
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ShapesConfig:
+    """Parameters of the generated demo dataset."""
+
+    images_per_category: int = 50
+    image_size: int = 128
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Which captions and images to train on."""
+
+    dataset: Literal["shapes", "pascal"] = "shapes"
+    root: str = "data/shapes"
+    split: SplitConfig = SplitConfig()
+    shapes: ShapesConfig = ShapesConfig()
+    min_word_count: int = 1
+    max_caption_length: int = 32
+    strict: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class WordVectorsConfig:
+    """Word vectors that initialise the text encoder."""
+
+    source: Literal["glove_text", "glove_offline_50d"] = "glove_offline_50d"
+    path: str | None = None
+    dim: int | None = None
+    oov: Literal["random", "zero", "unk"] = "random"
+    train: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageEncoderConfig:
+    """The frozen CNN whose features are cached and projected."""
+
+    backbone: Literal["vgg16", "efficientnet_lite0"] = "efficientnet_lite0"
+    weights: str | None = "imagenet"
+    allow_download: bool = False
+    batch_size: int = 32
+    device: str | None = None
+    cache_dir: str = "data/feature_cache"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Sizes of the joint model."""
+
+    joint_dim: int = 256
+    lstm_units: int = 256
+    projector_bias: bool = False
+    text_dropout: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """The hinge rank loss."""
+
+    margin: float = 0.1
+    negatives: Literal["all", "hardest"] = "all"
+    directions: Literal["both", "image_to_text", "text_to_image"] = "both"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerConfig:
+    """Optimisation and placement."""
+
+    epochs: int = 20
+    batch_size: int = 128
+    optimizer: Literal["adam", "adagrad", "sgd"] = "adam"
+    learning_rate: float = 2e-4
+    clip_norm: float | None = 2.0
+    strategy: Literal["off", "mirrored", "multi_worker_mirrored"] = "off"
+    seed: int = 0
+    eval_split: Literal["train", "val", "test"] = "test"
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """The whole experiment: data -> features -> model -> training -> evaluation."""
+
+    name: str = "devise"
+    output_dir: str = "runs"
+    data: DataConfig = DataConfig()
+    word_vectors: WordVectorsConfig = WordVectorsConfig()
+    image_encoder: ImageEncoderConfig = ImageEncoderConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    trainer: TrainerConfig = TrainerConfig()
+
+
+# --------------------------------------------------------------------------
+# Strict conversion between plain data and the dataclasses.
+
+
+def _type_name(tp) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp, path: str):
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path or '<root>'}: expected a mapping of keys, got {value!r}")
+        return _build(tp, value, path)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(tp):
+            try:
+                return _convert(value, option, path)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value in choices:
+            return value
+        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{path}: {value!r} is not {_type_name(tp)}{hint}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{path}: expected null, got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _build(cls, data: dict, path: str):
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{path}.{key}" if path else str(key)
+        if key not in hints:
+            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
+            hint = f"; did you mean '{(path + '.' if path else '') + close[0]}'?" if close else ""
+            raise ConfigError(f"{full}: unknown key{hint} (valid keys here: {', '.join(names)})")
+        kwargs[key] = _convert(value, hints[key], full)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict, cls=ExperimentConfig):
+    """Build a config from plain data, strictly (unknown key or wrong type -> ConfigError)."""
+    return _convert(data if data is not None else {}, cls, "")
+
+
+def config_to_dict(config) -> dict:
+    """Plain data (nested dicts) of a config, ready for YAML."""
+    return dataclasses.asdict(config)
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key.sub=value (e.g. trainer.epochs=5)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part.isidentifier() for part in key.split(".")):
+        raise ConfigError(f"override {text!r}: {key!r} is not a dotted key path like trainer.epochs")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc.problem})") from None
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML) to plain data."""
+    data = _deep_copy(data)
+    for text in overrides:
+        parts, value = _parse_override(text)
+        node = data
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {part} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def _deep_copy(data):
+    if isinstance(data, dict):
+        return {k: _deep_copy(v) for k, v in data.items()}
+    return data
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load an :class:`ExperimentConfig` from YAML, then apply overrides.
+
+    Args:
+        path: a YAML file, or ``None`` to start from the defaults.
+        overrides: ``["trainer.epochs=5", "data.root=/data/pascal", ...]``.
+
+    Raises:
+        ConfigError: unreadable file, invalid YAML, unknown key, wrong type,
+            or bad override; the message names the file and key path.
+    """
+    data: dict = {}
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = yaml.safe_load(f) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read config ({exc})") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f":{mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{path}{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    data = apply_overrides(data, list(overrides or []))
+    try:
+        return config_from_dict(data)
+    except ConfigError as exc:
+        if path is not None:
+            raise ConfigError(f"{path}: {exc}") from None
+        raise
+
+
+def save_config(config, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML."""
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(config_to_dict(config), f, sort_keys=False)

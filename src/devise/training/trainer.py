@@ -1,0 +1,297 @@
+"""Config -> data -> cached features -> vocabulary -> model -> fit -> evaluation."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import sys
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from devise.datasets.pascal import read_pascal_sentences
+from devise.datasets.records import CaptionRecord, unique_images
+from devise.datasets.report import DataReport
+from devise.datasets.shapes import generate_shapes
+from devise.datasets.splits import assert_disjoint, split_by_category
+from devise.datasets.text import Vocabulary
+from devise.embeddings.glove import build_embedding_matrix, load_glove_text, load_offline_glove_50d
+from devise.encoders.feature_cache import FeatureCache, default_cache_path
+from devise.encoders.feature_extractor import FeatureExtractor
+from devise.errors import DeviseError
+from devise.losses.hinge_rank import HingeRankLoss
+from devise.model import DeViSEModel, build_joint_keras_model
+from devise.training.config import ExperimentConfig, save_config
+from devise.training.evaluation import evaluate_retrieval, format_metrics_table
+from devise.training.resources import check_resources
+from devise.training.run_directory import create_run_directory, write_json
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a finished run produced.
+
+    Attributes:
+        run_dir: the run directory.
+        model: the trained model (also saved in ``run_dir``).
+        metrics: evaluation metrics on the eval split (also in ``metrics.json``).
+        history: per-epoch training logs.
+    """
+
+    run_dir: str
+    model: DeViSEModel
+    metrics: dict
+    history: dict
+
+
+def make_strategy(name: str):
+    """The ``tf.distribute`` strategy named by ``trainer.strategy``."""
+    if name == "off":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker_mirrored":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise DeviseError(f"trainer.strategy: unknown strategy {name!r}")
+
+
+def make_feature_extractor(config: ExperimentConfig) -> FeatureExtractor:
+    """The image backbone named by ``image_encoder``."""
+    enc = config.image_encoder
+    if enc.backbone == "vgg16":
+        from devise.encoders.vgg16 import VGG16FeatureExtractor
+
+        return VGG16FeatureExtractor(
+            enc.weights, allow_download=enc.allow_download, batch_size=enc.batch_size, device=enc.device
+        )
+    from devise.encoders.efficientnet_lite import EfficientNetLite0FeatureExtractor
+
+    return EfficientNetLite0FeatureExtractor(enc.weights, batch_size=enc.batch_size, device=enc.device)
+
+
+class Trainer:
+    """Runs one experiment end to end and leaves a run directory.
+
+    Args:
+        config: the experiment config (see :func:`devise.load_config`).
+        run_dir: where to write; default ``<output_dir>/<name>-<timestamp>``.
+        verbose: print progress bars and the final table.
+
+    Example:
+    ```python
+    config = devise.load_config("configs/demo.yaml", ["trainer.epochs=5"])
+    result = devise.Trainer(config).run()
+    print(result.metrics["text_to_image"]["R@10"], result.run_dir)
+    ```
+    """
+
+    def __init__(self, config: ExperimentConfig, *, run_dir: str | None = None, verbose: bool = True):
+        self.config = config
+        self.run_dir = run_dir
+        self.verbose = verbose
+
+    def _log(self, message: str) -> None:
+        if self.verbose:
+            print(message, file=sys.stderr, flush=True)
+
+    # -- data ---------------------------------------------------------------
+    def load_records(self, report: DataReport) -> list[CaptionRecord]:
+        data = self.config.data
+        if data.dataset == "shapes":
+            shapes = data.shapes
+            generate_shapes(
+                data.root,
+                images_per_category=shapes.images_per_category,
+                image_size=shapes.image_size,
+                seed=shapes.seed,
+            )
+        return read_pascal_sentences(data.root, strict=data.strict, report=report)
+
+    def split(self, records: list[CaptionRecord]) -> dict[str, list[CaptionRecord]]:
+        s = self.config.data.split
+        splits = split_by_category(records, {"train": s.train, "val": s.val, "test": s.test}, seed=s.seed)
+        assert_disjoint(splits)
+        return splits
+
+    def image_features(self, records: list[CaptionRecord], report: DataReport) -> dict[str, np.ndarray]:
+        extractor = make_feature_extractor(self.config)
+        cache = FeatureCache(default_cache_path(self.config.image_encoder.cache_dir, extractor), extractor.fingerprint())
+        images = unique_images(records)
+        start = time.monotonic()
+        table = cache.get_or_compute(
+            extractor, [r.image_id for r in images], [r.image_path for r in images], progress=self.verbose
+        )
+        for path, reason in table.failures:
+            report.add(path, reason)
+        self._log(
+            f"image features: {len(table.ids)} images ({table.computed} computed, "
+            f"{len(table.ids) - (table.computed - len(table.failures))} from cache "
+            f"{cache.path}) in {time.monotonic() - start:.1f}s"
+        )
+        self._fingerprint = extractor.fingerprint()
+        return table.as_dict()
+
+    def word_vectors(self, vocabulary: Vocabulary):
+        wv = self.config.word_vectors
+        words = vocabulary.words[2:]
+        if wv.source == "glove_text":
+            result = load_glove_text(wv.path, vocabulary=words, dim=wv.dim, strict=self.config.data.strict)
+            if result.issue_count:
+                self._log(f"word vectors: {result.summary()}")
+            return result.vectors
+        return load_offline_glove_50d(vocabulary=words)
+
+    # -- the run ------------------------------------------------------------
+    def run(self) -> TrainResult:
+        config = self.config
+        check_resources(config)
+        keras.utils.set_random_seed(config.trainer.seed)
+        run_dir = self.run_dir or create_run_directory(config.output_dir, config.name)
+        os.makedirs(run_dir, exist_ok=True)
+        save_config(config, os.path.join(run_dir, "config.yaml"))
+        self._log(f"run directory: {run_dir}")
+
+        report = DataReport(strict=config.data.strict)
+        records = self.load_records(report)
+        splits = self.split(records)
+        features = self.image_features([r for split in splits.values() for r in split], report)
+        splits = {name: [r for r in recs if r.image_id in features] for name, recs in splits.items()}
+        write_json(os.path.join(run_dir, "data_report.json"), report.to_dict())
+        if len(report):
+            self._log(report.summary())
+        self._log(
+            "splits: "
+            + ", ".join(f"{n} {len(unique_images(r))} images / {len(r)} captions" for n, r in splits.items())
+        )
+
+        train_captions = [r.caption for r in splits["train"]]
+        vocabulary = Vocabulary.build(train_captions, min_count=config.data.min_word_count)
+        vectors = self.word_vectors(vocabulary)
+        matrix, oov_report = build_embedding_matrix(
+            vocabulary.words, vectors, oov=config.word_vectors.oov, seed=config.trainer.seed, counts=vocabulary.counts
+        )
+        write_json(
+            os.path.join(run_dir, "text_stats.json"),
+            {
+                "vocabulary_size": len(vocabulary),
+                "word_vectors": oov_report.to_dict(),
+                "caption_oov": {
+                    name: vocabulary.oov_stats(r.caption for r in recs) for name, recs in splits.items()
+                },
+            },
+        )
+        self._log(
+            f"vocabulary: {len(vocabulary)} words from training captions; "
+            f"{oov_report.oov_count} without a word vector ({100 * oov_report.oov_rate:.1f}%)"
+        )
+
+        model, history = self.fit(splits, features, vocabulary, matrix, run_dir)
+        eval_split = config.trainer.eval_split
+        metrics = evaluate_retrieval(model, splits[eval_split], features)
+        metrics["split"] = eval_split
+        metrics["epochs"] = len(history.get("loss", []))
+        write_json(os.path.join(run_dir, "metrics.json"), metrics)
+        write_json(os.path.join(run_dir, "history.json"), history)
+        model.save(run_dir)
+        if self.verbose:
+            print(format_metrics_table(metrics, title=f"Retrieval on the {eval_split} split"))
+            print(f"run directory: {run_dir}")
+        return TrainResult(run_dir, model, metrics, history)
+
+    def fit(self, splits, features, vocabulary, matrix, run_dir):
+        config = self.config
+        tc = config.trainer
+        length = config.data.max_caption_length
+        strategy = make_strategy(tc.strategy)
+        image_dim = len(next(iter(features.values())))
+        with strategy.scope():
+            keras_model = build_joint_keras_model(
+                image_dim=image_dim,
+                vocabulary_size=len(vocabulary),
+                word_dim=matrix.shape[1],
+                joint_dim=config.model.joint_dim,
+                lstm_units=config.model.lstm_units,
+                max_caption_length=length,
+                embedding_matrix=matrix,
+                train_word_vectors=config.word_vectors.train,
+                projector_bias=config.model.projector_bias,
+                text_dropout=config.model.text_dropout,
+            )
+            optimizer = {"adam": keras.optimizers.Adam, "adagrad": keras.optimizers.Adagrad, "sgd": keras.optimizers.SGD}[
+                tc.optimizer
+            ](learning_rate=tc.learning_rate, clipnorm=tc.clip_norm)
+            loss = HingeRankLoss(config.loss.margin, negatives=config.loss.negatives, directions=config.loss.directions)
+            keras_model.compile(optimizer=optimizer, loss=loss)
+        model = DeViSEModel(keras_model, vocabulary, length, self._fingerprint)
+
+        def dataset(records, shuffle):
+            ids = sorted({r.image_id for r in records})
+            group = {image_id: i for i, image_id in enumerate(ids)}
+            x = {
+                "image_features": np.stack([features[r.image_id] for r in records]).astype(np.float32),
+                "token_ids": vocabulary.encode([r.caption for r in records], length),
+            }
+            y = np.array([group[r.image_id] for r in records], np.int32)
+            ds = tf.data.Dataset.from_tensor_slices((x, y))
+            if shuffle:
+                ds = ds.shuffle(len(records), seed=tc.seed, reshuffle_each_iteration=True)
+            return ds.batch(tc.batch_size).prefetch(tf.data.AUTOTUNE)
+
+        callbacks = []
+        if importlib.util.find_spec("tensorboard") is not None:
+            callbacks.append(keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False))
+        else:
+            self._log("note: tensorboard is not installed, so no TensorBoard logs (pip install 'devise[tensorboard]')")
+        selector = None
+        if splits.get("val"):
+            selector = BestValidationRecall(model, splits["val"], features, log=self._log)
+            callbacks.insert(0, selector)
+        history = keras_model.fit(
+            dataset(splits["train"], shuffle=True),
+            validation_data=dataset(splits["val"], shuffle=False) if splits.get("val") else None,
+            epochs=tc.epochs,
+            callbacks=callbacks,
+            verbose=2 if not sys.stderr.isatty() else 1 if self.verbose else 0,
+        )
+        if selector is not None:
+            selector.restore_best()
+        return model, {k: [float(v) for v in vals] for k, vals in history.history.items()}
+
+
+class BestValidationRecall(keras.callbacks.Callback):
+    """Validation R-sum (R@1+5+10, both directions) each epoch; keeps the best weights.
+
+    Args:
+        model: the model being trained.
+        records: validation records.
+        features: image features by id.
+        log: where to report the restored epoch.
+    """
+
+    def __init__(self, model: DeViSEModel, records, features, *, log=print):
+        super().__init__()
+        self.devise_model = model
+        self.records = records
+        self.features = features
+        self.log = log
+        self.best = -1.0
+        self.best_epoch = -1
+        self.best_weights = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        metrics = evaluate_retrieval(self.devise_model, self.records, self.features)
+        rsum = sum(metrics[d][k] for d in ("text_to_image", "image_to_text") for k in ("R@1", "R@5", "R@10"))
+        if logs is not None:
+            logs["val_rsum"] = rsum
+            logs["val_t2i_R@10"] = metrics["text_to_image"]["R@10"]
+        if rsum > self.best:
+            self.best, self.best_epoch = rsum, epoch
+            self.best_weights = self.devise_model.keras_model.get_weights()
+
+    def restore_best(self) -> None:
+        if self.best_weights is not None:
+            self.devise_model.keras_model.set_weights(self.best_weights)
+            self.log(f"restored the weights of epoch {self.best_epoch + 1} (best validation R-sum {self.best:.1f})")
