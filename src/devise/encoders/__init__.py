@@ -1,0 +1,31 @@
+"""Image and text encoders: CNN feature extractors, the feature cache, the LSTM and the projector."""
+
+from devise.encoders.efficientnet_lite import (
+    EfficientNetLite0FeatureExtractor,
+    build_efficientnet_lite0,
+    build_efficientnet_lite0_classifier,
+    load_efficientnet_lite0_weights,
+)
+from devise.encoders.feature_cache import FeatureCache, FeatureTable, default_cache_path
+from devise.encoders.feature_extractor import ExtractionResult, FeatureExtractor
+from devise.encoders.projector import L2Normalize, LinearProjector
+from devise.encoders.text_encoder import LSTMTextEncoder
+from devise.encoders.torch_state_dict import load_torch_state_dict
+from devise.encoders.vgg16 import VGG16FeatureExtractor
+
+__all__ = [
+    "EfficientNetLite0FeatureExtractor",
+    "ExtractionResult",
+    "FeatureCache",
+    "FeatureExtractor",
+    "FeatureTable",
+    "L2Normalize",
+    "LSTMTextEncoder",
+    "LinearProjector",
+    "VGG16FeatureExtractor",
+    "build_efficientnet_lite0",
+    "build_efficientnet_lite0_classifier",
+    "default_cache_path",
+    "load_efficientnet_lite0_weights",
+    "load_torch_state_dict",
+]
