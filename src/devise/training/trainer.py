@@ -253,6 +253,7 @@ class Trainer:
             dataset(splits["train"], shuffle=True),
             validation_data=dataset(splits["val"], shuffle=False) if splits.get("val") else None,
             epochs=tc.epochs,
+            shuffle=False,  # the dataset reshuffles itself each epoch
             callbacks=callbacks,
             verbose=2 if not sys.stderr.isatty() else 1 if self.verbose else 0,
         )

@@ -1,0 +1,114 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from devise.cli.train import main
+
+
+def tiny_demo_args(tmp_path):
+    return [
+        "--config",
+        "configs/demo.yaml",
+        f"data.root={tmp_path}/shapes",
+        "data.shapes.images_per_category=8",
+        "data.split={train: 6, val: 1, test: 1, seed: 0}",
+        f"image_encoder.cache_dir={tmp_path}/cache",
+        f"output_dir={tmp_path}/runs",
+        "trainer.epochs=3",
+        "trainer.batch_size=32",
+        "model.joint_dim=32",
+        "model.lstm_units=32",
+    ]
+
+
+@pytest.mark.slow
+def test_train_end_to_end_on_tiny_demo(tmp_path, repo_root, monkeypatch, capsys):
+    import devise
+
+    monkeypatch.chdir(repo_root)
+    assert main(tiny_demo_args(tmp_path) + ["--run-dir", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "text->image" in out and "image->text" in out and "(ch" in out
+
+    run = tmp_path / "run"
+    for name in ("config.yaml", "metrics.json", "model.keras", "vocabulary.json", "model.json",
+                 "data_report.json", "text_stats.json", "history.json"):
+        assert (run / name).is_file(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["images"] == 20 and metrics["captions"] == 100 and metrics["split"] == "test"
+    assert metrics["chance"]["text_to_image"]["R@10"] == 50.0
+
+    # The saved config is the resolved one and reloads to the same values.
+    config = devise.load_config(run / "config.yaml")
+    assert config.trainer.epochs == 3 and config.model.joint_dim == 32
+
+    # The reloaded model reproduces the run's own test metrics exactly.
+    model = devise.DeViSEModel.load(run)
+    records = devise.datasets.read_pascal_sentences(tmp_path / "shapes")
+    splits = devise.datasets.split_by_category(records, {"train": 6, "val": 1, "test": 1}, seed=0)
+    extractor = devise.training.make_feature_extractor(config)
+    cache = devise.encoders.FeatureCache(
+        devise.encoders.default_cache_path(tmp_path / "cache", extractor), extractor.fingerprint()
+    )
+    features = cache.read()
+    again = devise.evaluate_retrieval(model, splits["test"], features)
+    for direction in ("text_to_image", "image_to_text"):
+        for key in ("R@1", "R@5", "R@10", "medr", "meanr"):
+            assert again[direction][key] == pytest.approx(metrics[direction][key])
+
+    # A second run reuses the dataset and the feature cache.
+    assert main(tiny_demo_args(tmp_path) + ["--quiet", "trainer.epochs=1"]) == 0
+    assert "1000 images" not in capsys.readouterr().err
+
+
+def test_check_validates_without_training(tmp_path, repo_root, monkeypatch, capsys):
+    monkeypatch.chdir(repo_root)
+    assert main(tiny_demo_args(tmp_path) + ["--check"]) == 0
+    assert "config valid" in capsys.readouterr().out
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        (["trainer.epoch=3"], "trainer.epoch: unknown key; did you mean 'trainer.epochs'?"),
+        (["trainer.epochs=three"], "trainer.epochs: expected int"),
+        (["trainer.epochs"], "expected key.sub=value"),
+        (["model..joint_dim=3"], "not a dotted key path"),
+        (["image_encoder.backbone=resnet"], "image_encoder.backbone: 'resnet' is not one of"),
+    ],
+)
+def test_bad_config_exits_2_with_one_line(extra, fragment, repo_root, monkeypatch, capsys):
+    monkeypatch.chdir(repo_root)
+    assert main(["--config", "configs/demo.yaml", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert fragment in err and err.startswith("devise-train: error: ")
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_missing_config_file_exits_2(tmp_path, capsys):
+    assert main(["--config", str(tmp_path / "nope.yaml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+
+
+def test_pascal_without_data_lists_each_missing_resource(tmp_path, repo_root):
+    """The real console entry point in a fresh process: fast, non-zero, no traceback."""
+    env = {**os.environ, "KERAS_HOME": str(tmp_path / "keras_home")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "devise.cli.train", "--config", "configs/pascal.yaml",
+         f"data.root={tmp_path}/pascal", f"word_vectors.path={tmp_path}/glove.6B.300d.txt"],
+        cwd=repo_root, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert "3 required resource(s) missing" in proc.stderr
+    problems = [line for line in proc.stderr.splitlines() if line.startswith("  - ")]
+    assert len(problems) == 3
+    pascal, glove, vgg = problems
+    assert f"{tmp_path}/pascal" in pascal and "pascal-sentences" in pascal
+    assert f"{tmp_path}/glove.6B.300d.txt" in glove and "nlp.stanford.edu" in glove
+    assert str(tmp_path / "keras_home" / "models") in vgg and "vgg16_weights_tf_dim_ordering_tf_kernels.h5" in vgg

@@ -1,0 +1,273 @@
+"""FeatureCache: compute once, resume after a crash, refuse foreign caches."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import h5py
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from devise.encoders.feature_cache import FeatureCache, default_cache_path
+from devise.encoders.feature_extractor import FeatureExtractor
+from devise.errors import DeviseError
+
+
+class MeanColour(FeatureExtractor):
+    """Per-channel means of an 8x8 image (a GlobalAveragePooling2D model); counts calls."""
+
+    name = "mean-colour"
+    input_size = (8, 8)
+
+    def __init__(self, *, weights_id: str = "none", batch_size: int = 2):
+        super().__init__(batch_size=batch_size)
+        self._weights_id = weights_id
+        self.extract_calls = 0
+        self.images_seen = 0
+
+    @property
+    def output_dim(self) -> int:
+        return 3
+
+    @property
+    def weights_id(self) -> str:
+        return self._weights_id
+
+    def build_model(self):
+        images = keras.Input((*self.input_size, 3))
+        return keras.Model(images, keras.layers.GlobalAveragePooling2D()(images))
+
+    def extract(self, images):
+        self.extract_calls += 1
+        self.images_seen += len(images)
+        return super().extract(images)
+
+
+class InterruptedMeanColour(MeanColour):
+    """Raises KeyboardInterrupt on its ``interrupt_on``-th call of ``extract``."""
+
+    def __init__(self, interrupt_on: int, **kwargs):
+        super().__init__(**kwargs)
+        self.interrupt_on = interrupt_on
+
+    def extract(self, images):
+        if self.extract_calls + 1 == self.interrupt_on:
+            self.extract_calls += 1
+            raise KeyboardInterrupt
+        return super().extract(images)
+
+
+def _colour(k: int) -> tuple[int, int, int]:
+    return (10 * k % 256, (37 * k + 5) % 256, (101 * k + 50) % 256)
+
+
+def _write_images(directory, n: int, start: int = 0):
+    """PNG files of solid colours: their mean colour is exactly known."""
+    ids, paths = [], []
+    for k in range(start, start + n):
+        path = directory / f"img{k:03d}.png"
+        Image.new("RGB", (12 + k % 3, 8 + k % 5), _colour(k)).save(path)
+        ids.append(f"img{k:03d}")
+        paths.append(str(path))
+    return ids, paths
+
+
+def _expected(ids):
+    return np.array([_colour(int(i[3:])) for i in ids], np.float32)
+
+
+def _cache(tmp_path, extractor):
+    return FeatureCache(default_cache_path(tmp_path / "cache", extractor), extractor.fingerprint())
+
+
+def _tmp_files(tmp_path):
+    return glob.glob(str(tmp_path / "cache" / "*.tmp-*"))
+
+
+def test_second_run_computes_nothing_and_returns_the_same_features(tmp_path):
+    ids, paths = _write_images(tmp_path, 5)
+    extractor = MeanColour()
+    cache = _cache(tmp_path, extractor)
+
+    first = cache.get_or_compute(extractor, ids, paths, progress=False)
+    assert first.computed == 5 and first.failures == []
+    assert first.ids == ids
+    assert first.features.dtype == np.float32 and first.features.shape == (5, 3)
+    np.testing.assert_allclose(first.features, _expected(ids), atol=1e-3)
+    assert os.path.isfile(cache.path)
+
+    calls = extractor.extract_calls
+    second = cache.get_or_compute(extractor, ids, paths, progress=False)
+    assert second.computed == 0
+    assert extractor.extract_calls == calls
+    assert second.ids == ids
+    np.testing.assert_array_equal(second.features, first.features)
+    assert set(second.as_dict()) == set(ids)
+
+
+def test_fresh_cache_object_reads_the_file(tmp_path):
+    ids, paths = _write_images(tmp_path, 3)
+    extractor = MeanColour()
+    first = _cache(tmp_path, extractor).get_or_compute(extractor, ids, paths, progress=False)
+    other = MeanColour()
+    again = _cache(tmp_path, other).get_or_compute(other, ids[::-1], paths[::-1], progress=False)
+    assert again.computed == 0 and other.extract_calls == 0
+    assert again.ids == ids[::-1]  # request order, not cache order
+    np.testing.assert_array_equal(again.features, first.features[::-1])
+
+
+def test_new_ids_are_the_only_ones_computed(tmp_path):
+    ids, paths = _write_images(tmp_path, 4)
+    extractor = MeanColour()
+    cache = _cache(tmp_path, extractor)
+    cache.get_or_compute(extractor, ids[:3], paths[:3], progress=False)
+    assert extractor.images_seen == 3
+
+    table = cache.get_or_compute(extractor, ids, paths, progress=False)
+    assert table.computed == 1
+    assert extractor.images_seen == 4
+    assert table.ids == ids
+    np.testing.assert_allclose(table.features, _expected(ids), atol=1e-3)
+    assert set(cache.read()) == set(ids)
+
+
+def test_bad_image_is_skipped_reported_not_cached_and_retried_once_fixed(tmp_path):
+    ids, paths = _write_images(tmp_path, 3)
+    with open(paths[1], "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n this is not a png")
+    extractor = MeanColour()
+    cache = _cache(tmp_path, extractor)
+
+    table = cache.get_or_compute(extractor, ids, paths, progress=False)
+    assert table.ids == [ids[0], ids[2]]
+    np.testing.assert_allclose(table.features, _expected([ids[0], ids[2]]), atol=1e-3)
+    assert [p for p, _ in table.failures] == [paths[1]]
+    assert paths[1] in table.failures[0][1]
+    assert ids[1] not in cache.read()
+
+    # Still broken: tried again, still reported.
+    again = cache.get_or_compute(extractor, ids, paths, progress=False)
+    assert again.computed == 1 and len(again.failures) == 1
+
+    Image.new("RGB", (9, 9), _colour(1)).save(paths[1])
+    fixed = cache.get_or_compute(extractor, ids, paths, progress=False)
+    assert fixed.computed == 1 and fixed.failures == []
+    assert fixed.ids == ids
+    np.testing.assert_allclose(fixed.features, _expected(ids), atol=1e-3)
+
+
+def test_cache_from_another_fingerprint_is_refused(tmp_path):
+    ids, paths = _write_images(tmp_path, 2)
+    imagenet = MeanColour(weights_id="imagenet")
+    path = tmp_path / "shared.h5"
+    FeatureCache(path, imagenet.fingerprint()).get_or_compute(imagenet, ids, paths, progress=False)
+
+    random = MeanColour(weights_id="none")
+    with pytest.raises(DeviseError, match="shared.h5") as info:
+        FeatureCache(path, random.fingerprint()).get_or_compute(random, ids, paths, progress=False)
+    assert imagenet.fingerprint() in str(info.value)
+    assert random.extract_calls == 0
+    # The other extractor's cache is left alone.
+    assert FeatureCache(path, imagenet.fingerprint()).read().keys() == set(ids)
+
+
+def test_extractor_must_match_the_cache_fingerprint(tmp_path):
+    ids, paths = _write_images(tmp_path, 1)
+    cache = FeatureCache(tmp_path / "c.h5", MeanColour(weights_id="a").fingerprint())
+    with pytest.raises(ValueError):
+        cache.get_or_compute(MeanColour(weights_id="b"), ids, paths, progress=False)
+    with pytest.raises(ValueError):
+        cache.get_or_compute(MeanColour(weights_id="a"), ids, paths * 2, progress=False)
+
+
+def test_corrupt_cache_file_is_recomputed_with_a_warning(tmp_path, capsys):
+    ids, paths = _write_images(tmp_path, 3)
+    extractor = MeanColour()
+    cache = _cache(tmp_path, extractor)
+    os.makedirs(os.path.dirname(cache.path))
+    with open(cache.path, "wb") as f:
+        f.write(os.urandom(64) + b"definitely not HDF5" * 10)
+
+    table = cache.get_or_compute(extractor, ids, paths, progress=False)
+    assert table.computed == 3
+    np.testing.assert_allclose(table.features, _expected(ids), atol=1e-3)
+    err = capsys.readouterr().err
+    assert "warning" in err and cache.path in err
+    # The garbage was replaced by a good cache.
+    assert set(cache.read()) == set(ids)
+
+
+def test_cache_missing_datasets_is_recomputed(tmp_path, capsys):
+    ids, paths = _write_images(tmp_path, 2)
+    extractor = MeanColour()
+    cache = _cache(tmp_path, extractor)
+    os.makedirs(os.path.dirname(cache.path))
+    with h5py.File(cache.path, "w") as f:  # right fingerprint, no datasets
+        f.attrs["fingerprint"] = extractor.fingerprint()
+    assert cache.get_or_compute(extractor, ids, paths, progress=False).computed == 2
+    assert "warning" in capsys.readouterr().err
+
+
+def test_interrupted_run_keeps_checkpoints_and_resumes(tmp_path):
+    ids, paths = _write_images(tmp_path, 10)
+    # batch_size 2, checkpoint every 4 images: chunk 1 = calls 1-2, chunk 2 =
+    # calls 3-4, chunk 3 = call 5 (interrupted, after 2 checkpoints).
+    interrupted = InterruptedMeanColour(interrupt_on=5, batch_size=2)
+    cache = _cache(tmp_path, interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        cache.get_or_compute(interrupted, ids, paths, progress=False, checkpoint_every=4)
+
+    assert _tmp_files(tmp_path) == []
+    saved = FeatureCache(cache.path, interrupted.fingerprint()).read()
+    assert sorted(saved) == ids[:8]
+    np.testing.assert_allclose(np.stack([saved[i] for i in ids[:8]]), _expected(ids[:8]), atol=1e-3)
+
+    resumed = MeanColour(batch_size=2)
+    table = cache.get_or_compute(resumed, ids, paths, progress=False, checkpoint_every=4)
+    assert table.computed == 2
+    assert resumed.images_seen == 2
+    assert table.ids == ids
+    np.testing.assert_allclose(table.features, _expected(ids), atol=1e-3)
+    assert _tmp_files(tmp_path) == []
+
+
+def test_interruption_before_first_checkpoint_leaves_no_file(tmp_path):
+    ids, paths = _write_images(tmp_path, 4)
+    interrupted = InterruptedMeanColour(interrupt_on=1, batch_size=2)
+    cache = _cache(tmp_path, interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        cache.get_or_compute(interrupted, ids, paths, progress=False, checkpoint_every=2)
+    assert not os.path.exists(cache.path)
+    assert _tmp_files(tmp_path) == []
+
+
+def test_progress_callback_reaches_the_total(tmp_path):
+    ids, paths = _write_images(tmp_path, 5)
+    extractor = MeanColour(batch_size=2)
+    cache = _cache(tmp_path, extractor)
+    seen = []
+    # get_or_compute takes progress=bool; the callback form goes through extract_files.
+    result = extractor.extract_files(paths, progress=lambda d, t: seen.append((d, t)))
+    assert result.indices == list(range(5))
+    assert seen[-1] == (5, 5) and all(t == 5 for _, t in seen)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    assert cache.get_or_compute(extractor, ids, paths, progress=False).computed == 5
+
+
+def test_empty_request(tmp_path):
+    extractor = MeanColour()
+    table = _cache(tmp_path, extractor).get_or_compute(extractor, [], [], progress=False)
+    assert table.ids == [] and table.features.shape == (0, 3) and table.computed == 0
+
+
+def test_default_cache_path_depends_on_the_fingerprint(tmp_path):
+    a = default_cache_path(tmp_path, MeanColour(weights_id="imagenet"))
+    b = default_cache_path(tmp_path, MeanColour(weights_id="none"))
+    assert a != b
+    assert a == default_cache_path(tmp_path, MeanColour(weights_id="imagenet"))
+    for path in (a, b):
+        assert os.path.dirname(path) == str(tmp_path)
+        assert os.path.basename(path).startswith("mean-colour-") and path.endswith(".h5")

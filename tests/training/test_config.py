@@ -1,0 +1,116 @@
+import dataclasses
+
+import pytest
+import yaml
+
+from devise.errors import ConfigError
+from devise.training.config import (
+    ExperimentConfig,
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    save_config,
+)
+
+CONFIGS = ["configs/demo.yaml", "configs/pascal.yaml"]
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_shipped_configs_load_and_round_trip(path, tmp_path, repo_root):
+    config = load_config(repo_root / path)
+    assert isinstance(config, ExperimentConfig)
+    saved = tmp_path / "resolved.yaml"
+    save_config(config, saved)
+    assert load_config(saved) == config
+    assert config_from_dict(config_to_dict(config)) == config
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_shipped_configs_open_with_the_command_that_runs_them(path, repo_root):
+    first = (repo_root / path).read_text().splitlines()[:3]
+    assert any(f"devise-train --config {path}" in line for line in first)
+
+
+def test_defaults_are_a_valid_config():
+    assert config_from_dict({}) == ExperimentConfig()
+
+
+def test_unknown_key_names_path_and_suggests(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("trainer:\n  epoch: 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(f)
+    msg = str(err.value)
+    assert str(f) in msg and "trainer.epoch: unknown key" in msg and "did you mean 'trainer.epochs'" in msg
+    assert "\n" not in msg
+
+
+@pytest.mark.parametrize(
+    "data, fragment",
+    [
+        ({"trainer": {"epochs": "ten"}}, "trainer.epochs: expected int, got 'ten'"),
+        ({"trainer": {"epochs": True}}, "trainer.epochs: expected int"),
+        ({"trainer": {"learning_rate": "fast"}}, "trainer.learning_rate: expected float"),
+        ({"image_encoder": {"backbone": "vgg61"}}, "did you mean 'vgg16'"),
+        ({"data": 5}, "data: expected a mapping"),
+        ({"data": {"split": {"train": 4.5}}}, "data.split.train: expected int"),
+        ({"word_vectors": {"path": 3}}, "word_vectors.path: expected str or null"),
+        ({"trainer": {"strategy": "tpu"}}, "trainer.strategy: 'tpu' is not one of"),
+    ],
+)
+def test_wrong_types_and_choices(data, fragment):
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(data)
+    assert fragment in str(err.value)
+
+
+def test_ints_are_accepted_for_floats_and_null_for_optionals():
+    config = config_from_dict({"trainer": {"learning_rate": 1, "clip_norm": None}})
+    assert config.trainer.learning_rate == 1.0 and isinstance(config.trainer.learning_rate, float)
+    assert config.trainer.clip_norm is None
+
+
+def test_overrides_apply_with_yaml_values_and_are_checked():
+    config = load_config(None, ["trainer.epochs=3", "model.joint_dim=64", "word_vectors.path=null", "name=x y"])
+    assert (config.trainer.epochs, config.model.joint_dim, config.word_vectors.path, config.name) == (3, 64, None, "x y")
+    with pytest.raises(ConfigError, match="trainer.epochs: expected int"):
+        load_config(None, ["trainer.epochs=many"])
+    with pytest.raises(ConfigError, match="did you mean 'model.joint_dim'"):
+        load_config(None, ["model.joint_dims=3"])
+
+
+@pytest.mark.parametrize("bad", ["trainer.epochs", "=3", "trainer..epochs=3", "trainer.epochs=[1,"])
+def test_bad_override_syntax(bad):
+    with pytest.raises(ConfigError, match="override"):
+        load_config(None, [bad])
+
+
+def test_override_into_a_scalar_is_refused():
+    with pytest.raises(ConfigError, match="name is not a section"):
+        apply_overrides({"name": "x"}, ["name.sub=1"])
+
+
+def test_file_errors_name_the_file_and_line(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: ok\ntrainer: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml:\d+: invalid YAML"):
+        load_config(bad)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("just text\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(scalar)
+
+
+def test_configs_are_frozen():
+    config = ExperimentConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.name = "other"
+
+
+def test_saved_yaml_is_plain(tmp_path):
+    save_config(ExperimentConfig(), tmp_path / "c.yaml")
+    data = yaml.safe_load((tmp_path / "c.yaml").read_text())
+    assert data["trainer"]["epochs"] == ExperimentConfig().trainer.epochs
