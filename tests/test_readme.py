@@ -5,7 +5,7 @@ import re
 
 def _quick_start_commands(readme: str) -> list[str]:
     section = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```bash\n(.+?)\n```", section, flags=re.S)
+    return [c.strip() for c in re.findall(r"```bash\n(.+?)\n\s*```", section, flags=re.S)]
 
 
 def test_quick_start_is_two_commands(repo_root):

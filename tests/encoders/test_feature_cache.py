@@ -244,17 +244,20 @@ def test_interruption_before_first_checkpoint_leaves_no_file(tmp_path):
     assert _tmp_files(tmp_path) == []
 
 
-def test_progress_callback_reaches_the_total(tmp_path):
-    ids, paths = _write_images(tmp_path, 5)
+def test_progress_counts_across_checkpoints(tmp_path):
+    ids, paths = _write_images(tmp_path, 7)
     extractor = MeanColour(batch_size=2)
     cache = _cache(tmp_path, extractor)
+    cache.get_or_compute(extractor, ids[:2], paths[:2], progress=False)
     seen = []
-    # get_or_compute takes progress=bool; the callback form goes through extract_files.
-    result = extractor.extract_files(paths, progress=lambda d, t: seen.append((d, t)))
-    assert result.indices == list(range(5))
-    assert seen[-1] == (5, 5) and all(t == 5 for _, t in seen)
-    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
-    assert cache.get_or_compute(extractor, ids, paths, progress=False).computed == 5
+    cache.get_or_compute(
+        extractor, ids, paths, progress=lambda d, t: seen.append((d, t)), checkpoint_every=2
+    )
+    # Only the 5 missing images count, and the count never goes back.
+    assert all(t == 5 for _, t in seen)
+    assert seen[-1] == (5, 5)
+    done = [d for d, _ in seen]
+    assert done == sorted(done)
 
 
 def test_empty_request(tmp_path):
