@@ -12,3 +12,38 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def repo_root() -> pathlib.Path:
     return REPO_ROOT
+
+
+def tiny_demo_overrides(base: pathlib.Path) -> list[str]:
+    """Overrides that shrink configs/demo.yaml to 20 categories x 8 images and 3 epochs."""
+    return [
+        f"data.root={base}/shapes",
+        "data.shapes.images_per_category=8",
+        "data.split={train: 6, val: 1, test: 1, seed: 0}",
+        f"image_encoder.cache_dir={base}/cache",
+        f"output_dir={base}/runs",
+        "trainer.epochs=3",
+        "trainer.batch_size=32",
+        "model.joint_dim=32",
+        "model.lstm_units=32",
+    ]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> pathlib.Path:
+    """A trained run directory of the tiny demo (about 10 s, once per session).
+
+    Tests must treat it as read-only; copy it first to change anything.
+    """
+    from devise.training import Trainer, load_config
+
+    base = tmp_path_factory.mktemp("tiny_run")
+    config = load_config(REPO_ROOT / "configs" / "demo.yaml", tiny_demo_overrides(base))
+    result = Trainer(config, run_dir=str(base / "run"), verbose=False).run()
+    return pathlib.Path(result.run_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_overrides():
+    """The function :func:`tiny_demo_overrides`, for tests that build their own run."""
+    return tiny_demo_overrides

@@ -9,24 +9,13 @@ import pytest
 from devise.cli.train import main
 
 
-def tiny_demo_args(tmp_path):
-    return [
-        "--config",
-        "configs/demo.yaml",
-        f"data.root={tmp_path}/shapes",
-        "data.shapes.images_per_category=8",
-        "data.split={train: 6, val: 1, test: 1, seed: 0}",
-        f"image_encoder.cache_dir={tmp_path}/cache",
-        f"output_dir={tmp_path}/runs",
-        "trainer.epochs=3",
-        "trainer.batch_size=32",
-        "model.joint_dim=32",
-        "model.lstm_units=32",
-    ]
+@pytest.fixture
+def tiny_demo_args(tiny_overrides):
+    return lambda base: ["--config", "configs/demo.yaml", *tiny_overrides(base)]
 
 
 @pytest.mark.slow
-def test_train_end_to_end_on_tiny_demo(tmp_path, repo_root, monkeypatch, capsys):
+def test_train_end_to_end_on_tiny_demo(tiny_demo_args, tmp_path, repo_root, monkeypatch, capsys):
     import devise
 
     monkeypatch.chdir(repo_root)
@@ -65,7 +54,7 @@ def test_train_end_to_end_on_tiny_demo(tmp_path, repo_root, monkeypatch, capsys)
     assert "1000 images" not in capsys.readouterr().err
 
 
-def test_check_validates_without_training(tmp_path, repo_root, monkeypatch, capsys):
+def test_check_validates_without_training(tiny_demo_args, tmp_path, repo_root, monkeypatch, capsys):
     monkeypatch.chdir(repo_root)
     assert main(tiny_demo_args(tmp_path) + ["--check"]) == 0
     assert "config valid" in capsys.readouterr().out
