@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -102,6 +103,22 @@ class DeViSEModel:
     @property
     def image_dim(self) -> int:
         return int(self.image_projector.dense.kernel.shape[0])
+
+    def fingerprint(self) -> str:
+        """A hash of every weight, the vocabulary and the image extractor's fingerprint.
+
+        Anything built from this model's embeddings (an image index) stores
+        it, and readers refuse a mismatch instead of mixing two models'
+        vector spaces.
+        """
+        digest = hashlib.sha256()
+        digest.update(self.image_fingerprint.encode())
+        digest.update("\n".join(self.vocabulary.words).encode())
+        for weight in self.keras_model.get_weights():
+            array = np.ascontiguousarray(weight)
+            digest.update(str(array.shape).encode())
+            digest.update(array.tobytes())
+        return digest.hexdigest()
 
     def embed_image_features(self, features: np.ndarray, *, batch_size: int = 1024) -> np.ndarray:
         """Joint-space unit vectors ``(N, joint_dim)`` of CNN features ``(N, image_dim)``."""
