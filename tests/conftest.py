@@ -15,17 +15,18 @@ def repo_root() -> pathlib.Path:
 
 
 def tiny_demo_overrides(base: pathlib.Path) -> list[str]:
-    """Overrides that shrink configs/demo.yaml to 20 categories x 8 images and 3 epochs."""
+    """Overrides that shrink configs/demo.yaml to 20 categories x 8 images and 8 epochs."""
     return [
         f"data.root={base}/shapes",
         "data.shapes.images_per_category=8",
         "data.split={train: 6, val: 1, test: 1, seed: 0}",
         f"image_encoder.cache_dir={base}/cache",
         f"output_dir={base}/runs",
-        "trainer.epochs=3",
+        "trainer.epochs=8",
         "trainer.batch_size=32",
-        "model.joint_dim=32",
-        "model.lstm_units=32",
+        "trainer.learning_rate=0.002",
+        "model.joint_dim=64",
+        "model.lstm_units=64",
     ]
 
 

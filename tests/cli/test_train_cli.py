@@ -33,7 +33,7 @@ def test_train_end_to_end_on_tiny_demo(tiny_demo_args, tmp_path, repo_root, monk
 
     # The saved config is the resolved one and reloads to the same values.
     config = devise.load_config(run / "config.yaml")
-    assert config.trainer.epochs == 3 and config.model.joint_dim == 32
+    assert config.trainer.epochs == 8 and config.model.joint_dim == 64
 
     # The reloaded model reproduces the run's own test metrics exactly.
     model = devise.DeViSEModel.load(run)

@@ -89,3 +89,133 @@ def test_chance_levels_match_pascal_protocol_and_simulation():
         m = retrieval_metrics(rng.normal(size=(4, 4)), rng.normal(size=(len(owner), 4)), owner)
         sims.append(m["image_to_text"]["R@1"])
     assert chance_levels(4, counts)["image_to_text"]["R@1"] == pytest.approx(np.mean(sims), abs=2.0)
+
+
+# -- identical captions on several images (caption_keys) ----------------------
+
+
+def naive_keyed_ranks(image, text, owner, keys):
+    """Reference ranks by plain loops, following the caption_keys rule literally."""
+    t2i = []
+    for j, caption in enumerate(text):
+        scores = [float(np.dot(caption, im)) for im in image]
+        correct = {owner[c] for c in range(len(text)) if keys[c] == keys[j]}
+        best = max(scores[i] for i in correct)
+        t2i.append(sum(1 for i, s in enumerate(scores) if i not in correct and s >= best))
+    i2t = []
+    for i, im in enumerate(image):
+        mine = {keys[c] for c in range(len(text)) if owner[c] == i}
+        if not mine:
+            i2t.append(-1)
+            continue
+        scores = [float(np.dot(im, c)) for c in text]
+        correct = {c for c in range(len(text)) if keys[c] in mine}
+        best = max(scores[c] for c in correct)
+        i2t.append(sum(1 for c, s in enumerate(scores) if c not in correct and s >= best))
+    return np.array(t2i), np.array(i2t)
+
+
+def _shared_caption_case(seed=5, n_images=25):
+    rng = np.random.default_rng(seed)
+    image = rng.normal(size=(n_images, 6)).astype(np.float32)
+    owner = np.concatenate([np.repeat(np.arange(n_images - 1), 2), rng.integers(0, n_images - 1, size=13)])
+    text = (image[owner] + rng.normal(scale=1.2, size=(len(owner), 6))).astype(np.float32)
+    # Few distinct keys, so most keys are shared by several images; some unique ones too.
+    keys = [f"k{v}" for v in rng.integers(0, 12, size=len(owner))]
+    keys[:5] = [f"unique{j}" for j in range(5)]
+    return image, text, owner, keys  # the last image has no caption
+
+
+@pytest.mark.parametrize("block", [1, 7, 4096])
+def test_keyed_ranks_match_naive_loops(block):
+    from devise.retrieval.metrics import image_to_text_ranks, text_to_image_ranks
+
+    image, text, owner, keys = _shared_caption_case()
+    want_t2i, want_i2t = naive_keyed_ranks(image, text, owner, keys)
+    got_t2i = text_to_image_ranks(image, text, owner, caption_keys=keys, block=block)
+    got_i2t = image_to_text_ranks(image, text, owner, caption_keys=keys, block=block)
+    np.testing.assert_array_equal(got_t2i, want_t2i)
+    np.testing.assert_array_equal(got_i2t, want_i2t)
+    assert got_i2t[-1] == -1
+
+
+def test_keyed_metrics_match_naive_summary():
+    image, text, owner, keys = _shared_caption_case(seed=11)
+    want_t2i, want_i2t = naive_keyed_ranks(image, text, owner, keys)
+    got = retrieval_metrics(image, text, owner, caption_keys=keys, ks=(1, 3, 10))
+    for name, ranks in (("text_to_image", want_t2i), ("image_to_text", want_i2t[want_i2t >= 0])):
+        for k in (1, 3, 10):
+            assert got[name][f"R@{k}"] == pytest.approx(100.0 * np.mean(ranks < k))
+        assert got[name]["medr"] == math.floor(np.median(ranks)) + 1
+        assert got[name]["meanr"] == pytest.approx(ranks.mean() + 1)
+        assert got[name]["queries"] == len(ranks)
+
+
+def test_unique_keys_change_nothing():
+    rng = np.random.default_rng(3)
+    image = rng.normal(size=(30, 8))
+    owner = np.concatenate([np.repeat(np.arange(30), 3), rng.integers(0, 30, size=17)])
+    text = image[owner] + rng.normal(scale=1.5, size=(len(owner), 8))
+    # Keys shared only within one image are as good as no keys.
+    keys = [f"img{o}-{j % 2}" for j, o in enumerate(owner)]
+    assert retrieval_metrics(image, text, owner, caption_keys=keys) == retrieval_metrics(image, text, owner)
+
+
+def test_identical_caption_on_two_images_needs_keys_for_a_perfect_score():
+    # Images 0 and 1 are both captioned "a dog"; image 2 is "a cat".
+    # A perfect model embeds "a dog" between the two dog images.
+    image = np.array([[1.0, 0.1, 0.0], [1.0, -0.1, 0.0], [0.0, 0.0, 1.0]])
+    image /= np.linalg.norm(image, axis=1, keepdims=True)
+    captions = ["a dog", "a dog", "a cat"]
+    owner = np.array([0, 1, 2])
+    text = np.array([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    plain = retrieval_metrics(image, text, owner)
+    assert plain["text_to_image"]["R@1"] < 100.0  # the tie goes against the query
+    keyed = retrieval_metrics(image, text, owner, caption_keys=captions)
+    assert keyed["text_to_image"]["R@1"] == 100.0
+    assert keyed["image_to_text"]["R@1"] == 100.0
+    # Without keys, image 0's "a dog" loses to image 1's identical caption.
+    assert plain["image_to_text"]["R@1"] < 100.0
+
+
+def test_caption_keys_must_match_captions():
+    with pytest.raises(ValueError, match="caption_keys"):
+        retrieval_metrics(np.eye(2), np.eye(2), [0, 1], caption_keys=["a"])
+
+
+# -- per-group breakdown --------------------------------------------------------
+
+
+@pytest.mark.parametrize("use_keys", [False, True])
+def test_metrics_by_group_filters_the_overall_ranks(use_keys):
+    from devise.retrieval.metrics import image_to_text_ranks, metrics_by_group, text_to_image_ranks
+
+    image, text, owner, keys = _shared_caption_case(seed=2)
+    keys = keys if use_keys else None
+    groups = [["cat", "dog", "bird"][i % 3] for i in range(len(image))]
+    groups[4] = None  # in no group, but still a candidate
+    got = metrics_by_group(image, text, owner, groups, caption_keys=keys, ks=(1, 5))
+    assert list(got) == ["bird", "cat", "dog"]
+    t2i = text_to_image_ranks(image, text, owner, caption_keys=keys)
+    i2t = image_to_text_ranks(image, text, owner, caption_keys=keys)
+    for name, m in got.items():
+        images = [i for i, g in enumerate(groups) if g == name]
+        captions = [j for j, o in enumerate(owner) if groups[o] == name]
+        assert m["images"] == len(images) and m["captions"] == len(captions)
+        q_t2i = t2i[captions]
+        q_i2t = np.array([i2t[i] for i in images if i2t[i] >= 0])
+        for direction, ranks in (("text_to_image", q_t2i), ("image_to_text", q_i2t)):
+            for k in (1, 5):
+                assert m[direction][f"R@{k}"] == pytest.approx(100.0 * np.mean(ranks < k))
+            assert m[direction]["medr"] == math.floor(np.median(ranks)) + 1
+            assert m[direction]["meanr"] == pytest.approx(ranks.mean() + 1)
+            assert m[direction]["queries"] == len(ranks)
+    # Group query counts add up to the overall ones (minus the ungrouped image).
+    assert sum(m["captions"] for m in got.values()) == sum(1 for o in owner if groups[o] is not None)
+
+
+def test_metrics_by_group_needs_one_group_per_image():
+    from devise.retrieval.metrics import metrics_by_group
+
+    with pytest.raises(ValueError, match="image_groups"):
+        metrics_by_group(np.eye(3), np.eye(3), [0, 1, 2], ["a", "b"])

@@ -3,6 +3,7 @@
 from devise.retrieval.metrics import (
     chance_levels,
     image_to_text_ranks,
+    metrics_by_group,
     recall_at_k,
     retrieval_metrics,
     text_to_image_ranks,
@@ -11,6 +12,7 @@ from devise.retrieval.metrics import (
 __all__ = [
     "chance_levels",
     "image_to_text_ranks",
+    "metrics_by_group",
     "recall_at_k",
     "retrieval_metrics",
     "text_to_image_ranks",

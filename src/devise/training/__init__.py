@@ -16,7 +16,8 @@ from devise.training.config import (
     load_config,
     save_config,
 )
-from devise.training.evaluation import evaluate_retrieval, format_metrics_table
+from devise.training.evaluate_run import evaluate_run
+from devise.training.evaluation import evaluate_retrieval, format_markdown_report, format_metrics_table
 from devise.training.resources import check_resources, find_missing_resources
 from devise.training.trainer import TrainResult, Trainer, make_feature_extractor
 
@@ -37,6 +38,8 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "evaluate_retrieval",
+    "evaluate_run",
+    "format_markdown_report",
     "find_missing_resources",
     "format_metrics_table",
     "load_config",

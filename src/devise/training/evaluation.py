@@ -1,14 +1,23 @@
-"""Evaluate a joint model on a caption split."""
+"""Evaluate a joint model on a caption split, and format the results."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from devise.datasets.records import CaptionRecord
+from devise.datasets.text import tokenize
 from devise.model import DeViSEModel
-from devise.retrieval.metrics import DEFAULT_KS, chance_levels, retrieval_metrics
+from devise.retrieval.metrics import DEFAULT_KS, chance_levels, metrics_by_group, retrieval_metrics
+
+_DIRECTIONS = (("text_to_image", "text->image"), ("image_to_text", "image->text"))
+
+
+def caption_key(caption: str) -> str:
+    """The normalised text under which identical captions are matched."""
+    return " ".join(tokenize(caption))
 
 
 def evaluate_retrieval(
@@ -17,14 +26,26 @@ def evaluate_retrieval(
     features: Mapping[str, np.ndarray],
     *,
     ks: Sequence[int] = DEFAULT_KS,
+    per_category: bool = False,
 ) -> dict:
     """Retrieval metrics of ``model`` on ``records``, with chance levels.
 
     Every distinct image of ``records`` (that has features) is a candidate;
-    every caption is a text query. Returns ``{"text_to_image": {...},
-    "image_to_text": {...}, "chance": {...}, "images": N, "captions": M}``.
+    every caption is a text query. Identical captions (equal after
+    :func:`devise.datasets.text.tokenize`, e.g. "A dog." and "a dog") count
+    as correct for every image that has them, in both directions (see
+    :mod:`devise.retrieval.metrics`).
+
+    Returns ``{"text_to_image": {...}, "image_to_text": {...}, "chance":
+    {...}, "images": N, "captions": M}``; with ``per_category=True`` also
+    ``"per_category": {category: {"text_to_image": ..., "image_to_text":
+    ..., "images": n, "captions": m}}``, where each category's queries are
+    its captions (text to image) and its images (image to text), ranked
+    against the whole split. Records without a category are left out of
+    the breakdown.
     """
     image_ids: list[str] = []
+    categories: list[str | None] = []
     index: dict[str, int] = {}
     captions: list[str] = []
     owner: list[int] = []
@@ -34,29 +55,40 @@ def evaluate_retrieval(
         if record.image_id not in index:
             index[record.image_id] = len(image_ids)
             image_ids.append(record.image_id)
+            categories.append(record.category)
         captions.append(record.caption)
         owner.append(index[record.image_id])
     if not image_ids:
         raise ValueError("no record of this split has image features")
     image_emb = model.embed_image_features(np.stack([features[i] for i in image_ids]))
     text_emb = model.embed_texts(captions)
-    metrics = retrieval_metrics(image_emb, text_emb, np.array(owner), ks=ks)
-    metrics["chance"] = chance_levels(len(image_ids), np.bincount(owner, minlength=len(image_ids)), ks)
+    owner_array = np.array(owner)
+    keys = [caption_key(c) for c in captions]
+    metrics = retrieval_metrics(image_emb, text_emb, owner_array, ks=ks, caption_keys=keys)
+    metrics["chance"] = chance_levels(len(image_ids), np.bincount(owner_array, minlength=len(image_ids)), ks)
     metrics["images"] = len(image_ids)
     metrics["captions"] = len(captions)
+    if per_category:
+        metrics["per_category"] = metrics_by_group(
+            image_emb, text_emb, owner_array, categories, ks=ks, caption_keys=keys
+        )
     return metrics
+
+
+def _metric_keys(metrics: dict) -> list[str]:
+    return [k for k in metrics["text_to_image"] if k.startswith("R@")] + ["medr", "meanr"]
 
 
 def format_metrics_table(metrics: dict, *, title: str = "") -> str:
     """A plain-text table: each metric in both directions, chance beside it."""
-    keys = [k for k in metrics["text_to_image"] if k.startswith("R@")] + ["medr", "meanr"]
+    keys = _metric_keys(metrics)
     header = f"{'direction':<15}" + "".join(f"{k:>17}" for k in keys)
     lines = []
     if title:
         lines.append(title)
     lines.append(header)
     lines.append("-" * len(header))
-    for direction, label in (("text_to_image", "text->image"), ("image_to_text", "image->text")):
+    for direction, label in _DIRECTIONS:
         cells = []
         for k in keys:
             got = metrics[direction][k]
@@ -68,3 +100,84 @@ def format_metrics_table(metrics: dict, *, title: str = "") -> str:
         "ranks 1-based; 'ch' = chance level)"
     )
     return "\n".join(lines)
+
+
+_CATEGORY_KEYS = ("R@1", "R@5", "R@10", "medr")
+
+
+def _category_keys(metrics: dict) -> list[str]:
+    per = metrics.get("per_category") or {}
+    first = next(iter(per.values()), None)
+    if first is None:
+        return list(_CATEGORY_KEYS)
+    return [k for k in _CATEGORY_KEYS if k in first["text_to_image"]]
+
+
+def _cell(value: float) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.1f}"
+
+
+def format_category_table(metrics: dict, *, title: str = "") -> str:
+    """A plain-text table of ``metrics["per_category"]``, one row per category (sorted)."""
+    per = metrics.get("per_category") or {}
+    keys = _category_keys(metrics)
+    cols = [f"t2i {k}" for k in keys] + [f"i2t {k}" for k in keys]
+    width = max([len("category")] + [len(str(c)) for c in per]) + 2
+    header = f"{'category':<{width}}{'images':>7}{'captions':>9}" + "".join(f"{c:>11}" for c in cols)
+    lines = [title] if title else []
+    lines += [header, "-" * len(header)]
+    for category in sorted(per, key=str):
+        m = per[category]
+        cells = [_cell(m["text_to_image"][k]) for k in keys] + [_cell(m["image_to_text"][k]) for k in keys]
+        lines.append(
+            f"{str(category):<{width}}{m['images']:>7}{m['captions']:>9}" + "".join(f"{c:>11}" for c in cells)
+        )
+    lines.append("(queries of each category against the whole split; R@K in %, medr 1-based)")
+    return "\n".join(lines)
+
+
+def format_markdown_report(metrics: dict, *, run_dir: str, split: str) -> str:
+    """A Markdown report: run, split, sizes, overall table with chance, per-category table."""
+    lines = [
+        f"# Retrieval evaluation: {split} split",
+        "",
+        f"- Run: `{run_dir}`",
+        f"- Split: `{split}`",
+        f"- Images: {metrics['images']}",
+        f"- Captions: {metrics['captions']}",
+        "",
+        "Identical captions (after tokenisation) count as correct for every image that has them. "
+        "R@K in %, ranks 1-based; chance level in parentheses.",
+        "",
+        "## Overall",
+        "",
+    ]
+    keys = _metric_keys(metrics)
+    lines.append("| direction | " + " | ".join(keys) + " |")
+    lines.append("|---|" + "---:|" * len(keys))
+    for direction, label in _DIRECTIONS:
+        cells = [
+            f"{_cell(metrics[direction][k])} ({_cell(metrics['chance'][direction][k])})" for k in keys
+        ]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    per = metrics.get("per_category")
+    if per:
+        ckeys = _category_keys(metrics)
+        lines += [
+            "",
+            "## Per category",
+            "",
+            "Queries of each category (its captions for text->image, its images for image->text), "
+            "ranked against the whole split.",
+            "",
+        ]
+        cols = ["images", "captions"] + [f"t2i {k}" for k in ckeys] + [f"i2t {k}" for k in ckeys]
+        lines.append("| category | " + " | ".join(cols) + " |")
+        lines.append("|---|" + "---:|" * len(cols))
+        for category in sorted(per, key=str):
+            m = per[category]
+            cells = [str(m["images"]), str(m["captions"])]
+            cells += [_cell(m["text_to_image"][k]) for k in ckeys] + [_cell(m["image_to_text"][k]) for k in ckeys]
+            name = str(category).replace("|", "\\|")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,163 @@
+"""Search an image index with text, or annotate a photo with captions."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from devise.encoders.feature_extractor import FeatureExtractor
+from devise.errors import DeviseError
+from devise.model import DeViSEModel
+from devise.search.index import ImageIndex, UpdateReport, exact_search, update_index
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchHit:
+    """One ranked image: its index id (path relative to the indexed folder), path and cosine score."""
+
+    rank: int
+    id: str
+    path: str
+    score: float
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptionHit:
+    """One ranked caption for an image."""
+
+    rank: int
+    caption: str
+    score: float
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class SearchEngine:
+    """Text-to-image search over an :class:`ImageIndex`, and image-to-text annotation.
+
+    Args:
+        model: the trained joint model.
+        extractor: the image backbone the model was trained on.
+        index: an image index built by this model (optional: annotation and
+            indexing need none).
+        run_dir: the training run directory, if known.
+
+    Example:
+    ```python
+    engine = devise.SearchEngine.load("runs/demo-20261127-101500", "photos.h5")
+    for hit in engine.search("two red circles", k=5):
+        print(hit.rank, hit.score, hit.path)
+    engine.annotate("photo.jpg", k=3)
+    ```
+    """
+
+    def __init__(
+        self,
+        model: DeViSEModel,
+        extractor: FeatureExtractor,
+        index: ImageIndex | None = None,
+        *,
+        run_dir: str | None = None,
+    ):
+        if extractor.fingerprint() != model.image_fingerprint and model.image_fingerprint:
+            raise DeviseError(
+                f"the model was trained on '{model.image_fingerprint}' features, "
+                f"not '{extractor.fingerprint()}'"
+            )
+        self.model = model
+        self.extractor = extractor
+        self.run_dir = run_dir
+        self.fingerprint = model.fingerprint()
+        self.index = None
+        if index is not None:
+            self.use_index(index)
+
+    @classmethod
+    def load(cls, run_dir: str | os.PathLike | None = None, index: str | os.PathLike | None = None) -> "SearchEngine":
+        """Load the model of a training run and, optionally, an index built by it.
+
+        With ``run_dir=None`` the run recorded in the index is used.
+        """
+        from devise.training.config import load_config
+        from devise.training.trainer import make_feature_extractor
+
+        opened = ImageIndex.open(index) if index is not None else None
+        if run_dir is None:
+            if opened is None:
+                raise DeviseError("SearchEngine.load needs a run directory or an index that names one")
+            run_dir = opened.run_dir
+        run_dir = os.fspath(run_dir)
+        config_path = os.path.join(run_dir, "config.yaml")
+        if not os.path.isfile(config_path):
+            raise DeviseError(f"{run_dir}: not a devise run directory (no config.yaml)")
+        model = DeViSEModel.load(run_dir)
+        extractor = make_feature_extractor(load_config(config_path))
+        engine = cls(model, extractor, run_dir=os.path.abspath(run_dir))
+        if opened is not None:
+            engine.use_index(ImageIndex.open(opened.path, model_fingerprint=engine.fingerprint))
+        return engine
+
+    def use_index(self, index: ImageIndex | str | os.PathLike) -> None:
+        """Search ``index`` from now on; refused if another model built it."""
+        path = index.path if isinstance(index, ImageIndex) else os.fspath(index)
+        self.index = ImageIndex.open(path, model_fingerprint=self.fingerprint)
+
+    # -- embedding ------------------------------------------------------------
+    def embed_image_files(self, paths: Sequence[str]) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
+        """Joint embeddings of image files; bad files are skipped and listed."""
+        result = self.extractor.extract_files(list(paths), progress=False)
+        return self.model.embed_image_features(result.features), result.indices, result.failures
+
+    def update_index(
+        self, index_path: str | os.PathLike, image_root: str | os.PathLike, *, progress: bool = True
+    ) -> UpdateReport:
+        """Index (or incrementally re-index) every image under ``image_root``."""
+        report = update_index(
+            os.fspath(index_path),
+            os.fspath(image_root),
+            model_fingerprint=self.fingerprint,
+            run_dir=self.run_dir or "",
+            embed=self.embed_image_files,
+            progress=progress,
+        )
+        self.use_index(index_path)
+        return report
+
+    # -- queries ----------------------------------------------------------------
+    def search(self, query: str, k: int = 10) -> list[SearchHit]:
+        """The ``k`` indexed images closest to a text query."""
+        return self.search_batch([query], k)[0]
+
+    def search_batch(self, queries: Sequence[str], k: int = 10) -> list[list[SearchHit]]:
+        """:meth:`search` for several queries in one pass over the index."""
+        if self.index is None:
+            raise DeviseError("no index loaded: pass one to SearchEngine.load or call use_index")
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        scores, rows = exact_search(self.index, self.model.embed_texts(list(queries)), k)
+        return [
+            [
+                SearchHit(rank + 1, self.index.ids[row], self.index.paths[row], float(score))
+                for rank, (score, row) in enumerate(zip(query_scores, query_rows))
+            ]
+            for query_scores, query_rows in zip(scores, rows)
+        ]
+
+    def annotate(self, image: str | os.PathLike, captions: Sequence[str], k: int = 5) -> list[CaptionHit]:
+        """The ``k`` candidate captions that best describe an image file."""
+        if not captions:
+            raise DeviseError("annotate needs at least one candidate caption")
+        embedded, indices, failures = self.embed_image_files([os.fspath(image)])
+        if failures:
+            raise DeviseError(failures[0][1])
+        unique = list(dict.fromkeys(captions))
+        text = self.model.embed_texts(unique)
+        scores, rows = exact_search(text, embedded, k)
+        return [CaptionHit(rank + 1, unique[row], float(s)) for rank, (s, row) in enumerate(zip(scores[0], rows[0]))]

@@ -1,0 +1,103 @@
+"""Train (tiny demo) -> index its images -> search by a test caption, from the shell and from Python."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import devise
+from devise.cli import index as index_cli
+from devise.cli import search as search_cli
+from devise.search.engine import SearchEngine
+
+
+@pytest.fixture(scope="module")
+def indexed(tiny_run, tmp_path_factory):
+    config = devise.load_config(tiny_run / "config.yaml")
+    out = tmp_path_factory.mktemp("index") / "shapes.h5"
+    images = f"{config.data.root}/dataset"
+    assert index_cli.main(["--run", str(tiny_run), "--images", images, "--out", str(out), "--quiet"]) == 0
+    return tiny_run, out, config
+
+
+def _test_records(config):
+    records = devise.datasets.read_pascal_sentences(config.data.root)
+    s = config.data.split
+    return devise.datasets.split_by_category(records, {"train": s.train, "val": s.val, "test": s.test}, seed=s.seed)[
+        "test"
+    ]
+
+
+@pytest.mark.slow
+def test_cli_search_finds_each_test_image_by_its_caption(indexed, capsys):
+    run, out, config = indexed
+    capsys.readouterr()
+    engine = SearchEngine.load(run, out)
+    assert len(engine.index) == 160
+    misses = []
+    for record in devise.datasets.unique_images(_test_records(config)):
+        assert search_cli.main(["--index", str(out), "--json", "-k", "10", record.caption]) == 0
+        results = json.loads(capsys.readouterr().out)["results"]
+        paths = [r["path"] for r in results]
+        if record.image_path not in paths:
+            misses.append(record.caption)
+        # The Python API gives the same ranking.
+        assert [h.path for h in engine.search(record.caption, k=10)] == paths
+        assert all(a["score"] >= b["score"] for a, b in zip(results, results[1:]))
+    assert not misses, f"test images not in the top 10 for their caption: {misses}"
+
+
+@pytest.mark.slow
+def test_reindex_is_incremental_and_index_of_another_model_is_refused(indexed, tmp_path, capsys):
+    run, out, config = indexed
+    images = f"{config.data.root}/dataset"
+    assert index_cli.main(["--run", str(run), "--images", images, "--out", str(out), "--quiet"]) == 0
+    assert "0 added" in capsys.readouterr().out
+
+    other = tmp_path / "other_run"
+    shutil.copytree(run, other)
+    model = devise.DeViSEModel.load(other)
+    kernel = model.image_projector.dense.kernel
+    kernel.assign(kernel.numpy() * 1.01)
+    model.save(other)
+    before = out.read_bytes()
+    assert search_cli.main(["--index", str(out), "--run", str(other), "a red circle"]) == 1
+    err = capsys.readouterr().err
+    assert "another model" in err or "different model" in err or "fingerprint" in err
+    assert "Traceback" not in err
+    assert index_cli.main(["--run", str(other), "--images", images, "--out", str(out), "--quiet"]) == 1
+    assert out.read_bytes() == before
+
+
+@pytest.mark.slow
+def test_annotate_ranks_captions_for_a_photo(indexed, tmp_path, capsys):
+    run, out, config = indexed
+    record = devise.datasets.unique_images(_test_records(config))[0]
+    colour, shape = record.category.split("_")
+    candidates = tmp_path / "captions.txt"
+    candidates.write_text(
+        "\n".join(f"a {c} {s}" for c in ("red", "green", "blue", "yellow")
+                  for s in ("circle", "square", "triangle", "star", "cross")) + "\n"
+    )
+    assert search_cli.main(["--run", str(run), "--image", record.image_path, "--captions", str(candidates),
+                            "-k", "20", "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)["results"]
+    assert len(results) == 20
+    top = [r["caption"] for r in results[:10]]
+    assert any(colour in c for c in top), top
+
+
+def test_search_usage_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        search_cli.main(["a query"])
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:
+        search_cli.main(["--index", "x.h5", "q", "-k", "0"])
+    assert exc.value.code == 2
+
+
+def test_search_missing_index_is_one_line(tmp_path, capsys):
+    assert search_cli.main(["--index", str(tmp_path / "nope.h5"), "query"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("devise-search: error:") and len(err.splitlines()) == 1
