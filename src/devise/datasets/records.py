@@ -17,12 +17,15 @@ class CaptionRecord:
         caption: the caption text, as written in the dataset.
         category: the image's category label, or ``None`` if the dataset
             has none.
+        split: the split the dataset file assigns the image to
+            (``"train"``, ``"val"``, ``"test"``), or ``None`` if it assigns none.
     """
 
     image_id: str
     image_path: str
     caption: str
     category: str | None = None
+    split: str | None = None
 
 
 def unique_images(records: Iterable[CaptionRecord]) -> list[CaptionRecord]:
