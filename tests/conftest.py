@@ -48,3 +48,20 @@ def tiny_run(tmp_path_factory) -> pathlib.Path:
 def tiny_overrides():
     """The function :func:`tiny_demo_overrides`, for tests that build their own run."""
     return tiny_demo_overrides
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> pathlib.Path:
+    """configs/demo.yaml as shipped (1000 images, 15 epochs; about a minute), once per session.
+
+    Read-only for tests. Only the paths are redirected into a temporary folder.
+    """
+    from devise.training import Trainer, load_config
+
+    base = tmp_path_factory.mktemp("demo_run")
+    config = load_config(
+        REPO_ROOT / "configs" / "demo.yaml",
+        [f"data.root={base}/shapes", f"image_encoder.cache_dir={base}/cache", f"output_dir={base}/runs"],
+    )
+    result = Trainer(config, run_dir=str(base / "run"), verbose=False).run()
+    return pathlib.Path(result.run_dir)

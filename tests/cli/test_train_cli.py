@@ -84,20 +84,51 @@ def test_missing_config_file_exits_2(tmp_path, capsys):
     assert "config file not found" in capsys.readouterr().err
 
 
-def test_pascal_without_data_lists_each_missing_resource(tmp_path, repo_root):
-    """The real console entry point in a fresh process: fast, non-zero, no traceback."""
+def _run_pascal(tmp_path, repo_root, *overrides):
     env = {**os.environ, "KERAS_HOME": str(tmp_path / "keras_home")}
-    proc = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "devise.cli.train", "--config", "configs/pascal.yaml",
-         f"data.root={tmp_path}/pascal", f"word_vectors.path={tmp_path}/glove.6B.300d.txt"],
-        cwd=repo_root, env=env, capture_output=True, text=True, timeout=120,
+         f"data.root={tmp_path}/pascal", f"word_vectors.path={tmp_path}/glove/glove.6B.zip", *overrides],
+        cwd=repo_root, env=env, capture_output=True, text=True, timeout=180,
     )
-    assert proc.returncode == 1
-    assert "Traceback" not in proc.stderr
-    assert "3 required resource(s) missing" in proc.stderr
-    problems = [line for line in proc.stderr.splitlines() if line.startswith("  - ")]
+
+
+def _problems(stderr):
+    assert "Traceback" not in stderr
+    assert "3 required resource(s) missing" in stderr
+    problems = [line for line in stderr.splitlines() if line.startswith("  - ")]
     assert len(problems) == 3
-    pascal, glove, vgg = problems
+    return problems
+
+
+def test_pascal_without_data_lists_each_missing_resource(tmp_path, repo_root):
+    """The real console entry point in a fresh process, downloads off: non-zero, no traceback."""
+    proc = _run_pascal(tmp_path, repo_root, "data.download=false", "word_vectors.download=false",
+                       "image_encoder.allow_download=false")
+    assert proc.returncode == 1
+    pascal, glove, vgg = _problems(proc.stderr)
     assert f"{tmp_path}/pascal" in pascal and "pascal-sentences" in pascal
-    assert f"{tmp_path}/glove.6B.300d.txt" in glove and "nlp.stanford.edu" in glove
+    assert f"{tmp_path}/glove/glove.6B.zip" in glove and "nlp.stanford.edu" in glove
     assert str(tmp_path / "keras_home" / "models") in vgg and "vgg16_weights_tf_dim_ordering_tf_kernels.h5" in vgg
+
+
+def test_pascal_with_downloads_that_fail_reports_why_and_how(tmp_path, repo_root):
+    """Downloads on (the shipped default) but unreachable, as on a machine without internet.
+
+    The dataset and GloVe URLs point at a closed port on 127.0.0.1 so the test never touches
+    the network; VGG16's download goes to its real URL only if this machine has internet, so
+    it stays off here.
+    """
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends: connections are refused
+    proc = _run_pascal(tmp_path, repo_root, f"data.url=http://127.0.0.1:{port}/pascal-sentences/",
+                       f"word_vectors.url=http://127.0.0.1:{port}/glove.6B.zip",
+                       "image_encoder.allow_download=false")
+    assert proc.returncode == 1
+    pascal, glove, vgg = _problems(proc.stderr)
+    assert "download from" in pascal and "failed" in pascal and f"{tmp_path}/pascal" in pascal
+    assert "download failed" in glove and f"{tmp_path}/glove/glove.6B.zip" in glove
+    assert not (tmp_path / "glove" / "glove.6B.zip").exists()

@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--check",
         action="store_true",
-        help="validate the config and check that every resource is present, then exit",
+        help="validate the config and check that every resource is present (downloading nothing), then exit",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars or tables")
     return parser
@@ -47,8 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from devise.training.resources import check_resources
 
         config = load_config(args.config, args.overrides)
-        check_resources(config)
         if args.check:
+            check_resources(config)
             print(f"{args.config}: config valid and every resource present")
             return 0
         from devise.training.trainer import Trainer

@@ -206,14 +206,14 @@ def check_pascal_layout(root: str | os.PathLike) -> None:
     how_to_get = (
         f"expected the Pascal Sentences layout {_EXPECTED_LAYOUT}; download the images "
         f"and sentences from {PASCAL_URL} into that layout "
-        "(or run: devise-download pascal --dest DIR)"
+        f"(or run: devise-download pascal --dest {root})"
     )
     if not root.is_dir():
         raise MissingResourcesError([f"Pascal Sentences folder {root} does not exist; {how_to_get}"])
-    missing = [root / name for name in (IMAGE_DIR, SENTENCE_DIR) if not (root / name).is_dir()]
+    missing = [str(root / name) for name in (IMAGE_DIR, SENTENCE_DIR) if not (root / name).is_dir()]
     if missing:
         raise MissingResourcesError(
-            [f"Pascal Sentences folder {path} does not exist; {how_to_get}" for path in missing]
+            [f"Pascal Sentences folder {' and '.join(missing)} missing; {how_to_get}"]
         )
 
 

@@ -1,4 +1,4 @@
-"""Word vectors: GloVe in Stanford's text format and the offline 50-d package."""
+"""Word vectors: GloVe (text or zip), word2vec (text or binary), a cache, and the offline 50-d package."""
 
 from devise.embeddings.glove import (
     OOV_POLICIES,
@@ -9,7 +9,10 @@ from devise.embeddings.glove import (
     build_embedding_matrix,
     load_glove_text,
     load_offline_glove_50d,
+    split_zip_member,
 )
+from devise.embeddings.vector_cache import load_word_vectors_cached
+from devise.embeddings.word2vec import load_word2vec_binary, load_word2vec_text
 
 __all__ = [
     "OOV_POLICIES",
@@ -20,4 +23,8 @@ __all__ = [
     "build_embedding_matrix",
     "load_glove_text",
     "load_offline_glove_50d",
+    "load_word2vec_binary",
+    "load_word2vec_text",
+    "load_word_vectors_cached",
+    "split_zip_member",
 ]

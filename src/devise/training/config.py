@@ -23,8 +23,9 @@ from devise.errors import ConfigError
 
 @dataclasses.dataclass(frozen=True)
 class SplitConfig:
-    """Images per category in each split (the Pascal 1K protocol: 40/5/5)."""
+    """How images are split: per category (the Pascal 1K protocol: 40/5/5), or as the dataset file says."""
 
+    by: Literal["category", "dataset"] = "category"
     train: int = 40
     val: int = 5
     test: int = 5
@@ -44,8 +45,12 @@ class ShapesConfig:
 class DataConfig:
     """Which captions and images to train on."""
 
-    dataset: Literal["shapes", "pascal"] = "shapes"
+    dataset: Literal["shapes", "pascal", "karpathy", "flickr_tokens", "coco", "manifest"] = "shapes"
     root: str = "data/shapes"
+    annotations: str | None = None
+    images: str | None = None
+    download: bool = False
+    url: str | None = None
     split: SplitConfig = SplitConfig()
     shapes: ShapesConfig = ShapesConfig()
     min_word_count: int = 1
@@ -57,9 +62,14 @@ class DataConfig:
 class WordVectorsConfig:
     """Word vectors that initialise the text encoder."""
 
-    source: Literal["glove_text", "glove_offline_50d"] = "glove_offline_50d"
+    source: Literal["file", "glove_offline_50d"] = "glove_offline_50d"
+    format: Literal["glove", "word2vec_text", "word2vec_binary"] = "glove"
     path: str | None = None
     dim: int | None = None
+    cache_dir: str | None = None
+    download: bool = False
+    variant: str = "6B"
+    url: str | None = None
     oov: Literal["random", "zero", "unk"] = "random"
     train: bool = False
 

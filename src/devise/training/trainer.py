@@ -12,13 +12,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from devise.datasets.pascal import read_pascal_sentences
+from devise.datasets.loader import load_caption_dataset, splits_from_records
 from devise.datasets.records import CaptionRecord, unique_images
 from devise.datasets.report import DataReport
 from devise.datasets.shapes import generate_shapes
 from devise.datasets.splits import assert_disjoint, split_by_category
 from devise.datasets.text import Vocabulary
-from devise.embeddings.glove import build_embedding_matrix, load_glove_text, load_offline_glove_50d
+from devise.embeddings.glove import build_embedding_matrix, load_offline_glove_50d
+from devise.embeddings.vector_cache import load_word_vectors_cached
 from devise.encoders.feature_cache import FeatureCache, default_cache_path
 from devise.encoders.feature_extractor import FeatureExtractor
 from devise.errors import DeviseError
@@ -108,10 +109,19 @@ class Trainer:
                 image_size=shapes.image_size,
                 seed=shapes.seed,
             )
-        return read_pascal_sentences(data.root, strict=data.strict, report=report)
+        return load_caption_dataset(
+            "pascal" if data.dataset == "shapes" else data.dataset,
+            root=data.root,
+            annotations=data.annotations,
+            images=data.images,
+            strict=data.strict,
+            report=report,
+        )
 
     def split(self, records: list[CaptionRecord]) -> dict[str, list[CaptionRecord]]:
         s = self.config.data.split
+        if s.by == "dataset":
+            return splits_from_records(records)
         splits = split_by_category(records, {"train": s.train, "val": s.val, "test": s.test}, seed=s.seed)
         assert_disjoint(splits)
         return splits
@@ -137,8 +147,15 @@ class Trainer:
     def word_vectors(self, vocabulary: Vocabulary):
         wv = self.config.word_vectors
         words = vocabulary.words[2:]
-        if wv.source == "glove_text":
-            result = load_glove_text(wv.path, vocabulary=words, dim=wv.dim, strict=self.config.data.strict)
+        if wv.source == "file":
+            result = load_word_vectors_cached(
+                wv.path,
+                vocabulary=words,
+                dim=wv.dim,
+                fmt=wv.format,
+                cache_dir=wv.cache_dir,
+                strict=self.config.data.strict,
+            )
             if result.issue_count:
                 self._log(f"word vectors: {result.summary()}")
             return result.vectors
@@ -147,7 +164,7 @@ class Trainer:
     # -- the run ------------------------------------------------------------
     def run(self) -> TrainResult:
         config = self.config
-        check_resources(config)
+        check_resources(config, download=True, progress=self.verbose)
         keras.utils.set_random_seed(config.trainer.seed)
         run_dir = self.run_dir or create_run_directory(config.output_dir, config.name)
         os.makedirs(run_dir, exist_ok=True)

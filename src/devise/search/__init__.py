@@ -1,0 +1,23 @@
+"""Semantic image search: the image index, exact top-k search and the search engine."""
+
+from devise.search.index import (
+    IMAGE_EXTENSIONS,
+    ImageFile,
+    ImageIndex,
+    IndexMismatchError,
+    UpdateReport,
+    exact_search,
+    scan_images,
+    update_index,
+)
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ImageFile",
+    "ImageIndex",
+    "IndexMismatchError",
+    "UpdateReport",
+    "exact_search",
+    "scan_images",
+    "update_index",
+]
