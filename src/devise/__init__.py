@@ -10,9 +10,10 @@ model = devise.DeViSEModel.load(result.run_dir)
 ```
 """
 
-from devise import datasets, embeddings, encoders, losses, retrieval, training
+from devise import datasets, embeddings, encoders, losses, retrieval, search, training
 from devise.errors import ConfigError, DataFormatError, DeviseError, MissingResourcesError
 from devise.model import DeViSEModel, build_joint_keras_model
+from devise.search import SearchEngine
 from devise.training import ExperimentConfig, Trainer, TrainResult, evaluate_retrieval, load_config
 
 __version__ = "0.1.0"
@@ -24,6 +25,7 @@ __all__ = [
     "DeviseError",
     "ExperimentConfig",
     "MissingResourcesError",
+    "SearchEngine",
     "TrainResult",
     "Trainer",
     "build_joint_keras_model",
@@ -34,6 +36,7 @@ __all__ = [
     "load_config",
     "losses",
     "retrieval",
+    "search",
     "training",
     "__version__",
 ]

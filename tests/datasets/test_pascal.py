@@ -155,7 +155,7 @@ def test_missing_folders_raise_with_path_and_instructions(tmp_path, missing):
     assert "dataset/<category>/<stem>.jpg" in message
     assert "sentence/<category>/<stem>.txt" in message
     assert "http://vision.cs.uiuc.edu/pascal-sentences/" in message
-    assert "devise-download pascal --dest DIR" in message
+    assert f"devise-download pascal --dest {root}" in message
     assert isinstance(caught.value, FileNotFoundError)
 
 

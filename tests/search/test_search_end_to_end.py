@@ -60,6 +60,19 @@ def test_cli_search_finds_each_test_image_by_its_caption(indexed, capsys):
 
 
 @pytest.mark.slow
+def test_approximate_search_agrees_with_exact_on_a_small_index(indexed, capsys):
+    pytest.importorskip("faiss")
+    run, out, config, folder = indexed
+    query = "two red circles on a white background"
+    assert search_cli.main(["--index", str(out), "--json", "-k", "5", query]) == 0
+    exact = [r["id"] for r in json.loads(capsys.readouterr().out)["results"]]
+    assert search_cli.main(["--index", str(out), "--json", "-k", "5", "--approximate", "--nprobe", "64", query]) == 0
+    approx = [r["id"] for r in json.loads(capsys.readouterr().out)["results"]]
+    assert approx == exact  # every cluster probed on a 100-image index: same answer
+    assert (out.parent / (out.name + ".faiss")).is_file()
+
+
+@pytest.mark.slow
 def test_reindex_is_incremental_and_index_of_another_model_is_refused(indexed, tmp_path, capsys):
     run, out, config, folder = indexed
     images = str(folder)

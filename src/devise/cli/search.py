@@ -35,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-k", type=int, default=10, help="number of results (default 10)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--approximate",
+        action="store_true",
+        help="search a FAISS index (pip install 'devise[ann]'), built next to the index on first use",
+    )
+    parser.add_argument("--nprobe", type=int, default=16, help="FAISS clusters scanned per query (default 16)")
     return parser
 
 
@@ -86,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for hit in hits:
                     print(f"{hit.rank:>3}  {hit.score:+.3f}  {hit.caption}")
             return 0
+        if args.approximate:
+            engine.use_approximate(nprobe=args.nprobe)
         hits = engine.search(args.query, k=args.k)
         if args.json:
             print(json.dumps({"query": args.query, "results": [h.to_dict() for h in hits]}, indent=2))

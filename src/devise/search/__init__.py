@@ -10,8 +10,12 @@ from devise.search.index import (
     scan_images,
     update_index,
 )
+from devise.search.engine import CaptionHit, SearchEngine, SearchHit
 
 __all__ = [
+    "CaptionHit",
+    "SearchEngine",
+    "SearchHit",
     "IMAGE_EXTENSIONS",
     "ImageFile",
     "ImageIndex",

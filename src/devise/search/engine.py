@@ -76,6 +76,7 @@ class SearchEngine:
         self.run_dir = run_dir
         self.fingerprint = model.fingerprint()
         self.index = None
+        self.approximate = None
         if index is not None:
             self.use_index(index)
 
@@ -108,6 +109,32 @@ class SearchEngine:
         """Search ``index`` from now on; refused if another model built it."""
         path = index.path if isinstance(index, ImageIndex) else os.fspath(index)
         self.index = ImageIndex.open(path, model_fingerprint=self.fingerprint)
+        self.approximate = None
+
+    def use_approximate(self, path: str | os.PathLike | None = None, *, nprobe: int = 16, rebuild: bool = False):
+        """Answer searches from a FAISS index (extra ``ann``) instead of scanning every vector.
+
+        The FAISS file (default ``<index>.faiss``) is built from the image
+        index when absent, stale (re-indexed since) or ``rebuild`` is set.
+        """
+        from devise.search.approximate import ApproximateIndex
+        from devise.search.index import IndexMismatchError
+
+        if self.index is None:
+            raise DeviseError("no index loaded: pass one to SearchEngine.load or call use_index")
+        path = os.fspath(path) if path is not None else self.index.path + ".faiss"
+        ann = None
+        if os.path.exists(path) and not rebuild:
+            try:
+                ann = ApproximateIndex.load(path, image_index=self.index)
+            except IndexMismatchError:
+                ann = None  # built before the last re-index: rebuild below
+        if ann is None:
+            ann = ApproximateIndex.build(self.index)
+            ann.save(path)
+        ann.nprobe = nprobe
+        self.approximate = ann
+        return ann
 
     # -- embedding ------------------------------------------------------------
     def embed_image_files(self, paths: Sequence[str]) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
@@ -141,11 +168,16 @@ class SearchEngine:
             raise DeviseError("no index loaded: pass one to SearchEngine.load or call use_index")
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        scores, rows = exact_search(self.index, self.model.embed_texts(list(queries)), k)
+        vectors = self.model.embed_texts(list(queries))
+        if self.approximate is not None:
+            scores, rows = self.approximate.search(vectors, k)
+        else:
+            scores, rows = exact_search(self.index, vectors, k)
         return [
             [
                 SearchHit(rank + 1, self.index.ids[row], self.index.paths[row], float(score))
                 for rank, (score, row) in enumerate(zip(query_scores, query_rows))
+                if row >= 0
             ]
             for query_scores, query_rows in zip(scores, rows)
         ]

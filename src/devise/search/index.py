@@ -407,6 +407,7 @@ class _TopK:
         queries, m = scores.shape
         full = self.seen >= k
         self.seen += m
+        which = np.arange(queries)
         if full:
             # fmax ignores NaN, so one NaN score cannot hide a block.
             active = np.fmax.reduce(scores, axis=1) > self.scores[:, -1]
@@ -414,22 +415,36 @@ class _TopK:
                 return
             which = np.flatnonzero(active)
             block = scores[which] if len(which) < queries else scores
-            qi, col = _nonzero(block > self.scores[which, -1][:, None])
-            cand_scores, cand_rows = self._pad(len(which), qi, block[qi, col], col + start)
+            bar = self.scores[which, -1]
+            qi, col = _nonzero(block > bar[:, None])
+        elif m > 2 * k and np.isfinite(bar := _group_bar(scores, k)).all():
+            # Scores below the bar cannot make this block's top k; the ties
+            # at it are all kept, so the lower rows of a tie are never lost.
+            block = scores
+            qi, col = _nonzero(block >= bar[:, None])
         else:
-            # Until k rows are held every score is a candidate; NaN ranks last.
-            which = np.arange(queries)
+            # Every score is a candidate (a small block, or too few finite
+            # scores for a bar); NaN ranks last.
             cand_scores = np.where(np.isnan(scores), np.float32(-np.inf), scores)
             cand_rows = np.broadcast_to(np.arange(start, start + m, dtype=np.int64), (queries, m))
+            self._merge(which, *self._prune(which, cand_scores, cand_rows))
+            return
+        self._merge(which, *self._prune(which, *self._pad(len(which), qi, block[qi, col], col + start)))
+
+    def _prune(
+        self, which: np.ndarray, cand_scores: np.ndarray, cand_rows: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Cut padded candidates down to each query's k best and the ties at its k-th.
+
+        Only needed when there are many (a small or adversarial block); the
+        sort in :meth:`_merge` then stays small.
+        """
         width = cand_scores.shape[1]
-        if width > 2 * k:
-            # Many candidates (the first block, mostly): keep each query's k
-            # best and every score tied with its k-th, so np.partition's
-            # arbitrary pick among ties cannot lose the lower rows.
-            kth = np.partition(cand_scores, width - k, axis=1)[:, width - k]
-            qi, col = _nonzero(cand_scores >= kth[:, None])
-            cand_scores, cand_rows = self._pad(len(which), qi, cand_scores[qi, col], cand_rows[qi, col])
-        self._merge(which, cand_scores, cand_rows)
+        if width <= 2 * self.k:
+            return cand_scores, cand_rows
+        kth = np.partition(cand_scores, width - self.k, axis=1)[:, width - self.k]
+        qi, col = _nonzero(cand_scores >= kth[:, None])
+        return self._pad(len(which), qi, cand_scores[qi, col], cand_rows[qi, col])
 
     @staticmethod
     def _pad(queries: int, qi: np.ndarray, scores: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -461,15 +476,34 @@ def _nonzero(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.divmod(np.flatnonzero(mask), mask.shape[1])
 
 
-def _compute_rows(queries: int, k: int) -> int:
-    """Rows per score block: a ``(Q, rows)`` float32 block of about 256 KiB.
+def _group_bar(scores: np.ndarray, k: int) -> np.ndarray:
+    """A lower bound on each query's k-th best score in a block, in one pass.
 
-    Small enough to stay in L2 between the product that writes it and the
-    reductions that read it, large enough that the per-block Python overhead
-    is small next to the product.
+    The block is cut into ``8k`` groups of columns; the k-th largest of the
+    group maxima is reached by at least k scores (one per group), so the
+    k-th best score is at least as high. Only the few scores at or above it
+    need sorting, where a partition of the whole block would cost a multiple
+    of the matrix product for a single query. -inf where fewer than k
+    groups have a finite maximum.
     """
-    rows = (256 * 1024) // (4 * queries)
-    return int(max(2048, 4 * k, min(rows, 65536)))
+    queries, m = scores.shape
+    groups = min(m, 8 * k)
+    size = m // groups
+    maxima = np.fmax.reduce(scores[:, : groups * size].reshape(queries, groups, size), axis=2)
+    # np.partition sorts NaN (an all-NaN group) above everything: make it lowest.
+    maxima[np.isnan(maxima)] = -np.inf
+    return np.partition(maxima, groups - k, axis=1)[:, groups - k]
+
+
+def _compute_rows(queries: int) -> int:
+    """Rows per matrix product: a ``(Q, rows)`` float32 score block of at most 8 MiB.
+
+    It stays in the last-level cache between the product that writes it and
+    the reductions that read it, and few, large products keep the per-call
+    costs (Python, and waking BLAS threads, which a busy machine makes
+    expensive) small next to the arithmetic.
+    """
+    return int(max(4096, min(65536, (8 << 20) // (4 * queries))))
 
 
 def exact_search(
@@ -527,27 +561,19 @@ def exact_search(
         raise ValueError(f"queries have dimension {q.shape[1]}, the embeddings {dim}")
 
     best = _TopK(q.shape[0], top_k)
-    step = _compute_rows(q.shape[0], top_k)
-    # The first product only has to set the bar (each query's k-th best) that
-    # later blocks are screened against, and the partition it needs is the
-    # one costly step per search: keep it small.
-    first = max(4 * top_k, 1024)
-    scratch = np.empty((q.shape[0], step), np.float32)
-    position = 0
+    step = _compute_rows(q.shape[0])
+    scratch = np.empty((q.shape[0], min(step, block_rows, n)), np.float32)
     for start, block in blocks:
-        offset = 0
-        while offset < len(block):
-            rows = min(first if position == 0 else step, len(block) - offset)
-            part = block[offset : offset + rows]
+        for offset in range(0, len(block), step):
+            part = block[offset : offset + step]
             if part.dtype != np.float32:
                 part = part.astype(np.float32)
+            rows = len(part)
             # Into a reused buffer: a fresh (Q, rows) array per block would be
-            # page-faulted in for every large block.
-            out = scratch[:, :rows] if rows == step or q.shape[0] == 1 else np.empty((q.shape[0], rows), np.float32)
+            # page-faulted in every time.
+            out = scratch if rows == scratch.shape[1] else np.empty((q.shape[0], rows), np.float32)
             np.matmul(q, part.T, out=out)
             best.push(out, start + offset)
-            offset += rows
-            position += rows
     return best.scores, best.rows
 
 

@@ -173,12 +173,28 @@ class Trainer:
 
         report = DataReport(strict=config.data.strict)
         records = self.load_records(report)
-        splits = self.split(records)
+        try:
+            splits = self.split(records)
+        except DeviseError:
+            # The error may say "see the data report": save it before stopping.
+            write_json(os.path.join(run_dir, "data_report.json"), report.to_dict())
+            if len(report):
+                self._log(report.summary())
+            raise
         features = self.image_features([r for split in splits.values() for r in split], report)
         splits = {name: [r for r in recs if r.image_id in features] for name, recs in splits.items()}
         write_json(os.path.join(run_dir, "data_report.json"), report.to_dict())
         if len(report):
             self._log(report.summary())
+        # Without images to train on or to evaluate, fit() and evaluation would
+        # fail with a bare StopIteration/ValueError; say why instead.
+        for needed in dict.fromkeys(("train", config.trainer.eval_split)):
+            if not splits.get(needed):
+                raise DeviseError(
+                    f"the {needed} split has no usable images ({len(records)} captions loaded, "
+                    f"{len(report)} data problem(s) reported in {os.path.join(run_dir, 'data_report.json')}); "
+                    "check data.annotations / data.images / data.root and the split settings"
+                )
         self._log(
             "splits: "
             + ", ".join(f"{n} {len(unique_images(r))} images / {len(r)} captions" for n, r in splits.items())
