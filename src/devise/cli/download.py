@@ -144,7 +144,10 @@ def _glove(args: argparse.Namespace) -> int:
         timeout=args.timeout,
     )
     print(f"GloVe {spec.name}: {path} (verified zip)")
-    print(f"Unzip {' / '.join(members)} from it and pass that .txt file to the GloVe loader.")
+    print(
+        f"Use it without unzipping: word_vectors.path={path} with word_vectors.dim set "
+        f"(members: {', '.join(members)}), or word_vectors.path={path}::{members[-1]}"
+    )
     return 0
 
 

@@ -4,8 +4,9 @@ Stanford publishes the vectors as zip files of text files, e.g.
 ``glove.6B.zip`` holding ``glove.6B.{50,100,200,300}d.txt``.
 :func:`download_glove` fetches one with resume and a progress bar and
 checks that the result is a readable zip with the expected members before
-it is moved into place. Unzip the member you need and give its path to
-:func:`devise.embeddings.glove.load_glove_text`.
+it is moved into place. :func:`devise.embeddings.glove.load_glove_text`
+reads a member straight from the zip (``glove.6B.zip`` with ``dim=300``, or
+``glove.6B.zip::glove.6B.300d.txt``), so there is no need to unzip.
 """
 
 from __future__ import annotations

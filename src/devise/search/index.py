@@ -405,6 +405,9 @@ class _TopK:
         """Merge a block of scores ``(Q, m)`` of rows ``start .. start+m-1``."""
         k = self.k
         queries, m = scores.shape
+        if queries == 1:
+            self._push_one(scores[0], start)
+            return
         full = self.seen >= k
         self.seen += m
         which = np.arange(queries)
@@ -430,6 +433,36 @@ class _TopK:
             self._merge(which, *self._prune(which, cand_scores, cand_rows))
             return
         self._merge(which, *self._prune(which, *self._pad(len(which), qi, block[qi, col], col + start)))
+
+    def _push_one(self, scores: np.ndarray, start: int) -> None:
+        """:meth:`push` for a single query, on 1-D arrays: no padding, fewer calls.
+
+        A single query over a small index is where per-call overheads show.
+        """
+        k = self.k
+        full = self.seen >= k
+        self.seen += len(scores)
+        if full:
+            bar = self.scores[0, -1]
+            if not np.fmax.reduce(scores) > bar:
+                return
+            cols = np.flatnonzero(scores > bar)
+            cand = scores[cols]
+        elif len(scores) > 2 * k and np.isfinite(bar := _group_bar(scores[None], k)[0]):
+            cols = np.flatnonzero(scores >= bar)
+            cand = scores[cols]
+        else:
+            cols = np.arange(len(scores))
+            cand = np.where(np.isnan(scores), np.float32(-np.inf), scores)
+        if len(cand) > 2 * k:
+            kth = np.partition(cand, len(cand) - k)[len(cand) - k]
+            keep = cand >= kth
+            cols, cand = cols[keep], cand[keep]
+        merged_scores = np.concatenate([self.scores[0], cand])
+        merged_rows = np.concatenate([self.rows[0], cols + start])
+        order = np.lexsort((merged_rows, -merged_scores))[:k]
+        self.scores[0] = merged_scores[order]
+        self.rows[0] = merged_rows[order]
 
     def _prune(
         self, which: np.ndarray, cand_scores: np.ndarray, cand_rows: np.ndarray

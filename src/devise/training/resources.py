@@ -37,7 +37,9 @@ def _missing_by_kind(config: ExperimentConfig) -> dict[str, str]:
     elif data.dataset != "shapes":
         for key, value in (("annotations", data.annotations), ("images", data.images)):
             if not value:
-                problems[f"dataset {key}"] = f"data.{key} is not set; the {data.dataset} format needs it"
+                # A manifest's image paths may be absolute or relative to the manifest itself.
+                if key == "annotations" or data.dataset != "manifest":
+                    problems[f"dataset {key}"] = f"data.{key} is not set; the {data.dataset} format needs it"
             elif not os.path.exists(value):
                 problems[f"dataset {key}"] = f"data.{key}: {os.path.abspath(value)} does not exist"
 
