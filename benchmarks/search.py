@@ -39,14 +39,18 @@ def unit_vectors(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
     return matrix
 
 
-def numpy_baseline(matrix: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def numpy_baseline(
+    matrix: np.ndarray, queries: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
     """The obvious numpy top-k: all scores, argpartition, sort the k."""
     scores = queries @ matrix.T
     k = min(k, scores.shape[1])
     part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     part_scores = np.take_along_axis(scores, part, axis=1)
     order = np.argsort(-part_scores, axis=1)
-    return np.take_along_axis(part_scores, order, axis=1), np.take_along_axis(part, order, axis=1)
+    return np.take_along_axis(part_scores, order, axis=1), np.take_along_axis(
+        part, order, axis=1
+    )
 
 
 def timed(fn, *args) -> float:
@@ -61,7 +65,9 @@ def percentiles(times: list[float]) -> tuple[float, float]:
     return float(np.percentile(values, 50)), float(np.percentile(values, 99))
 
 
-def compare(matrix: np.ndarray, query_sets: list[np.ndarray], k: int) -> tuple[list[float], list[float]]:
+def compare(
+    matrix: np.ndarray, query_sets: list[np.ndarray], k: int
+) -> tuple[list[float], list[float]]:
     """Times of ours and of the baseline over the same queries, alternating which goes first."""
     ours, theirs = [], []
     for i, queries in enumerate(query_sets):
@@ -99,27 +105,53 @@ def write_index(path: str, matrix: np.ndarray) -> None:
         )
         ids = np.array([f"{i:08d}.jpg" for i in range(n)], dtype=object)
         f.create_dataset("ids", data=ids, dtype=text)
-        f.create_dataset("paths", data=np.array(["/benchmark/" + i for i in ids], dtype=object), dtype=text)
+        f.create_dataset(
+            "paths",
+            data=np.array(["/benchmark/" + i for i in ids], dtype=object),
+            dtype=text,
+        )
         f.create_dataset("mtime_ns", data=np.zeros(n, np.int64))
         f.create_dataset("size", data=np.zeros(n, np.int64))
-        out = f.create_dataset("embeddings", shape=(n, dim), dtype=np.float32, chunks=(min(n, 8192) or 1, dim))
+        out = f.create_dataset(
+            "embeddings",
+            shape=(n, dim),
+            dtype=np.float32,
+            chunks=(min(n, 8192) or 1, dim),
+        )
         for start in range(0, n, 65536):
             out[start : start + 65536] = matrix[start : start + 65536]
 
 
 def label(n: int) -> str:
-    return f"{n // 1_000_000}M" if n % 1_000_000 == 0 else f"{n // 1000}k" if n % 1000 == 0 else str(n)
+    return (
+        f"{n // 1_000_000}M"
+        if n % 1_000_000 == 0
+        else f"{n // 1000}k"
+        if n % 1000 == 0
+        else str(n)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000]
+    )
     parser.add_argument("--dim", type=int, default=512)
-    parser.add_argument("--queries", type=int, default=200, help="single queries timed per size")
+    parser.add_argument(
+        "--queries", type=int, default=200, help="single queries timed per size"
+    )
     parser.add_argument("--batch", type=int, default=32, help="queries per batch")
-    parser.add_argument("--batches", type=int, default=10, help="batches timed per size")
+    parser.add_argument(
+        "--batches", type=int, default=10, help="batches timed per size"
+    )
     parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--stream-queries", type=int, default=5, help="single queries and batches streamed from HDF5")
+    parser.add_argument(
+        "--stream-queries",
+        type=int,
+        default=5,
+        help="single queries and batches streamed from HDF5",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -139,13 +171,23 @@ def main(argv: list[str] | None = None) -> int:
         # Correctness check and warm-up: same rows as the baseline.
         ours_rows = exact_search(matrix, batches[0], args.k)[1]
         if not np.array_equal(ours_rows, numpy_baseline(matrix, batches[0], args.k)[1]):
-            print(f"warning: {label(n)}: results differ from the baseline (near-ties?)", file=sys.stderr)
+            print(
+                f"warning: {label(n)}: results differ from the baseline (near-ties?)",
+                file=sys.stderr,
+            )
         numpy_baseline(matrix, singles[0], args.k)
         for name, sets in (("1 query", singles), (f"batch of {args.batch}", batches)):
             ours, theirs = compare(matrix, sets, args.k)
             rows.append((label(n), name, *percentiles(ours), *percentiles(theirs)))
             if name == "1 query":
-                scans.append((label(n), matrix.nbytes, percentiles(ours)[0], percentiles(theirs)[0]))
+                scans.append(
+                    (
+                        label(n),
+                        matrix.nbytes,
+                        percentiles(ours)[0],
+                        percentiles(theirs)[0],
+                    )
+                )
         print(f"  {label(n)} done", file=sys.stderr, flush=True)
 
     copy_gbs = copy_rate(min(matrix.nbytes, 1 << 30))
@@ -157,10 +199,13 @@ def main(argv: list[str] | None = None) -> int:
         n = len(matrix)
         matrix = None  # streaming must not lean on the in-memory copy
         index = ImageIndex.open(path)
-        exact_search(index, unit_vectors(rng, 1, args.dim), args.k)  # warm the page cache
+        exact_search(
+            index, unit_vectors(rng, 1, args.dim), args.k
+        )  # warm the page cache
         for name, q in (("1 query", 1), (f"batch of {args.batch}", args.batch)):
             times = [
-                timed(exact_search, index, unit_vectors(rng, q, args.dim), args.k) for _ in range(args.stream_queries)
+                timed(exact_search, index, unit_vectors(rng, q, args.dim), args.k)
+                for _ in range(args.stream_queries)
             ]
             stream_rows.append((label(n) + " HDF5", name, *percentiles(times)))
 
@@ -169,13 +214,21 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     print("-" * len(header))
     for size, name, o50, o99, t50, t99 in rows:
-        print(f"{size:>9} {name:>12} | {o50:>7.2f}ms {o99:>7.2f}ms | {t50:>7.2f}ms {t99:>7.2f}ms | {t50 / o50:>9.2f}x")
+        print(
+            f"{size:>9} {name:>12} | {o50:>7.2f}ms {o99:>7.2f}ms | {t50:>7.2f}ms {t99:>7.2f}ms | {t50 / o50:>9.2f}x"
+        )
     for size, name, o50, o99 in stream_rows:
-        print(f"{size:>9} {name:>12} | {o50:>7.2f}ms {o99:>7.2f}ms | {'-':>9} {'-':>9} | {'-':>10}")
+        print(
+            f"{size:>9} {name:>12} | {o50:>7.2f}ms {o99:>7.2f}ms | {'-':>9} {'-':>9} | {'-':>10}"
+        )
 
     print()
-    print(f"memory copy rate (np.copyto of {min(scans[-1][1], 1 << 30) / 2**30:.2f} GiB, bytes read + written): {copy_gbs:.1f} GB/s")
-    print(f"{'rows':>9} | {'matrix':>9} | {'ours scan':>11} {'of copy':>8} | {'numpy scan':>11} {'of copy':>8}")
+    print(
+        f"memory copy rate (np.copyto of {min(scans[-1][1], 1 << 30) / 2**30:.2f} GiB, bytes read + written): {copy_gbs:.1f} GB/s"
+    )
+    print(
+        f"{'rows':>9} | {'matrix':>9} | {'ours scan':>11} {'of copy':>8} | {'numpy scan':>11} {'of copy':>8}"
+    )
     for size, nbytes, ours_ms, numpy_ms in scans:
         ours_gbs = nbytes / (ours_ms / 1e3) / 1e9
         numpy_gbs = nbytes / (numpy_ms / 1e3) / 1e9

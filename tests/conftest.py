@@ -1,5 +1,8 @@
+import http.server
 import os
 import pathlib
+import threading
+from collections.abc import Callable
 
 import pytest
 
@@ -65,3 +68,39 @@ def demo_run(tmp_path_factory) -> pathlib.Path:
     )
     result = Trainer(config, run_dir=str(base / "run"), verbose=False).run()
     return pathlib.Path(result.run_dir)
+
+
+@pytest.fixture
+def http_server_factory():
+    """``start(handle)``: a ThreadingHTTPServer on 127.0.0.1 serving GETs with ``handle``.
+
+    ``handle(handler)`` gets each request's ``BaseHTTPRequestHandler``; a
+    client hanging up mid-response is ignored, as are request logs and
+    handler errors. Returns the running server (its port is
+    ``server_address[1]``); every server started is shut down at teardown.
+    """
+    servers: list[http.server.ThreadingHTTPServer] = []
+
+    def start(handle: Callable[[http.server.BaseHTTPRequestHandler], None]) -> http.server.ThreadingHTTPServer:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                try:
+                    handle(self)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        httpd.daemon_threads = True
+        httpd.block_on_close = False
+        httpd.handle_error = lambda request, address: None
+        threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        servers.append(httpd)
+        return httpd
+
+    yield start
+    for httpd in servers:
+        httpd.shutdown()
+        httpd.server_close()

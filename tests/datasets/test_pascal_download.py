@@ -49,7 +49,7 @@ class FixtureServer:
     first ``n`` sends half its bytes, waits ``stall_seconds`` and closes.
     """
 
-    def __init__(self):
+    def __init__(self, start_server):
         self.files: dict[str, tuple[bytes, str]] = {}
         self.faults: dict[str, str] = {}
         self.log: list[tuple[str, str | None]] = []
@@ -58,26 +58,7 @@ class FixtureServer:
         self.stall_after: int | None = None
         self.stall_seconds = 0.5
         self.image_requests = 0
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                try:
-                    server._handle(self)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.httpd.block_on_close = False
-        self.httpd.handle_error = lambda request, address: None
-        self.thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self.thread.start()
+        self.httpd = start_server(self._handle)
 
     @property
     def base(self) -> str:
@@ -90,10 +71,6 @@ class FixtureServer:
     def reset_log(self) -> None:
         with self.lock:
             self.log.clear()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
     def _handle(self, handler: http.server.BaseHTTPRequestHandler) -> None:
         path = urllib.parse.urlsplit(handler.path).path
@@ -167,10 +144,8 @@ class FixtureServer:
 
 
 @pytest.fixture
-def server():
-    srv = FixtureServer()
-    yield srv
-    srv.close()
+def server(http_server_factory):
+    return FixtureServer(http_server_factory)
 
 
 # --------------------------------------------------------------------------

@@ -7,7 +7,6 @@ support and scripted faults, and logs every request's Range header.
 from __future__ import annotations
 
 import hashlib
-import http.server
 import io
 import random
 import re
@@ -35,7 +34,7 @@ class ZipServer:
     * ``fail_first[path] = k``: the first ``k`` requests get HTTP 503.
     """
 
-    def __init__(self):
+    def __init__(self, start_server):
         self.files: dict[str, bytes] = {}
         self.log: list[tuple[str, str | None, int]] = []  # (path, Range, status)
         self.sent = 0
@@ -43,30 +42,10 @@ class ZipServer:
         self.close_early_once: int | None = None
         self.ignore_range = False
         self.fail_first: dict[str, int] = {}
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                try:
-                    server._handle(self)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.httpd.block_on_close = False
-        self.httpd.handle_error = lambda request, address: None
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self.httpd = start_server(self._handle)
 
     def url(self, path: str = ZIP_PATH) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
     def _record(self, path, range_header, status, sent=0):
         with self.lock:
@@ -122,10 +101,8 @@ class ZipServer:
 
 
 @pytest.fixture
-def server():
-    srv = ZipServer()
-    yield srv
-    srv.close()
+def server(http_server_factory):
+    return ZipServer(http_server_factory)
 
 
 def _glove_zip(dims=(50, 100, 200, 300), lines=100) -> bytes:

@@ -28,18 +28,25 @@ OTHER_FINGERPRINT = "ffeeddccbbaa" + "9" * 52
 # -- helpers ----------------------------------------------------------------------
 
 
-def reference_search(matrix: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def reference_search(
+    matrix: np.ndarray, queries: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-k by sorting every (-score, row) pair in Python, scores in float64."""
     scores_all, rows_all = [], []
     for query in np.atleast_2d(queries).astype(np.float64):
-        scored = sorted((-float(np.dot(row, query)), r) for r, row in enumerate(matrix.astype(np.float64)))
+        scored = sorted(
+            (-float(np.dot(row, query)), r)
+            for r, row in enumerate(matrix.astype(np.float64))
+        )
         best = scored[:k]
         scores_all.append([-s for s, _ in best])
         rows_all.append([r for _, r in best])
     return np.array(scores_all), np.array(rows_all)
 
 
-def write_index_file(path: pathlib.Path, embeddings: np.ndarray, fingerprint: str = FINGERPRINT) -> None:
+def write_index_file(
+    path: pathlib.Path, embeddings: np.ndarray, fingerprint: str = FINGERPRINT
+) -> None:
     """An index file written straight from the documented layout (no images needed)."""
     n, dim = embeddings.shape
     text = h5py.string_dtype("utf-8")
@@ -52,9 +59,21 @@ def write_index_file(path: pathlib.Path, embeddings: np.ndarray, fingerprint: st
             image_root="/photos",
             dim=dim,
         )
-        f.create_dataset("ids", data=np.array([f"{i:05d}.jpg" for i in range(n)], dtype=object), dtype=text)
-        f.create_dataset("paths", data=np.array([f"/photos/{i:05d}.jpg" for i in range(n)], dtype=object), dtype=text)
-        f.create_dataset("embeddings", data=embeddings.astype(np.float32), chunks=(min(n, 16) or 1, dim))
+        f.create_dataset(
+            "ids",
+            data=np.array([f"{i:05d}.jpg" for i in range(n)], dtype=object),
+            dtype=text,
+        )
+        f.create_dataset(
+            "paths",
+            data=np.array([f"/photos/{i:05d}.jpg" for i in range(n)], dtype=object),
+            dtype=text,
+        )
+        f.create_dataset(
+            "embeddings",
+            data=embeddings.astype(np.float32),
+            chunks=(min(n, 16) or 1, dim),
+        )
         f.create_dataset("mtime_ns", data=np.zeros(n, np.int64))
         f.create_dataset("size", data=np.zeros(n, np.int64))
 
@@ -74,7 +93,9 @@ class FakeEmbed:
     def embedded(self) -> list[str]:
         return [os.path.basename(p) for call in self.calls for p in call]
 
-    def __call__(self, paths: list[str]) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
+    def __call__(
+        self, paths: list[str]
+    ) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
         self.calls.append(list(paths))
         if self.interrupt_on_call == len(self.calls):
             raise KeyboardInterrupt
@@ -82,7 +103,11 @@ class FakeEmbed:
         for i, path in enumerate(paths):
             try:
                 with Image.open(path) as img:
-                    mean = np.asarray(img.convert("RGB"), np.float32).reshape(-1, 3).mean(axis=0)
+                    mean = (
+                        np.asarray(img.convert("RGB"), np.float32)
+                        .reshape(-1, 3)
+                        .mean(axis=0)
+                    )
             except (OSError, ValueError) as exc:
                 failures.append((path, f"cannot decode image ({exc})"))
                 continue
@@ -171,7 +196,9 @@ def test_exact_search_nan_row_ranks_last_and_hides_nothing():
     expected = reference_search(np.delete(matrix, 20, axis=0), q, 5)[1]
     expected[expected >= 20] += 1
     for block_rows in (7, 64):
-        np.testing.assert_array_equal(exact_search(matrix, q, 5, block_rows=block_rows)[1], expected)
+        np.testing.assert_array_equal(
+            exact_search(matrix, q, 5, block_rows=block_rows)[1], expected
+        )
     assert exact_search(matrix, q[:1], 50)[1][0, -1] == 20
 
 
@@ -181,7 +208,9 @@ def test_exact_search_rejects_bad_arguments():
         exact_search(matrix, np.zeros(4, np.float32), 0)
     with pytest.raises(ValueError, match="dimension"):
         exact_search(matrix, np.zeros(5, np.float32), 1)
-    scores, rows = exact_search(np.zeros((0, 4), np.float32), np.zeros((2, 4), np.float32), 3)
+    scores, rows = exact_search(
+        np.zeros((0, 4), np.float32), np.zeros((2, 4), np.float32), 3
+    )
     assert scores.shape == rows.shape == (2, 0)
 
 
@@ -191,7 +220,9 @@ def test_exact_search_streams_an_index_like_the_array(tmp_path):
     matrix[50] = matrix[10]  # a tie across blocks
     write_index_file(tmp_path / "index.h5", matrix)
     index = ImageIndex.open(tmp_path / "index.h5", model_fingerprint=FINGERPRINT)
-    q = np.concatenate([matrix[[10, 3]], rng.standard_normal((3, 12)).astype(np.float32)])
+    q = np.concatenate(
+        [matrix[[10, 3]], rng.standard_normal((3, 12)).astype(np.float32)]
+    )
     for block_rows in (7, 64, 65536):
         from_disk = exact_search(index, q, 9, block_rows=block_rows)
         in_memory = exact_search(matrix, q, 9, block_rows=block_rows)
@@ -210,12 +241,30 @@ def test_exact_search_streams_an_index_like_the_array(tmp_path):
 
 def test_scan_images_finds_images_recursively_and_skips_the_rest(tmp_path):
     root = tmp_path / "photos"
-    names = ["a.jpg", "b.JPG", "c.jpeg", "d.JpEg", "e.png", "f.PNG", "g.webp", "h.WEBP", "i.gif", "j.Gif"]
+    names = [
+        "a.jpg",
+        "b.JPG",
+        "c.jpeg",
+        "d.JpEg",
+        "e.png",
+        "f.PNG",
+        "g.webp",
+        "h.WEBP",
+        "i.gif",
+        "j.Gif",
+    ]
     for name in names:
         (root / "x" / "y").mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(b"1")
         (root / "x" / "y" / name).write_bytes(b"22")
-    for skipped in [".hidden.jpg", "notes.txt", "raw.cr2", "jpg", ".cache/i.jpg", "x/.thumbs/t.png"]:
+    for skipped in [
+        ".hidden.jpg",
+        "notes.txt",
+        "raw.cr2",
+        "jpg",
+        ".cache/i.jpg",
+        "x/.thumbs/t.png",
+    ]:
         (root / skipped).parent.mkdir(parents=True, exist_ok=True)
         (root / skipped).write_bytes(b"3")
     (root / "dir.jpg").mkdir()  # a folder named like an image
@@ -243,25 +292,50 @@ def test_update_index_builds_then_only_embeds_what_changed(tmp_path, photos):
     index_path = tmp_path / "index.h5"
     embed = FakeEmbed()
     report = update(index_path, photos, embed)
-    assert (report.added, report.updated, report.removed, report.unchanged) == (5, 0, 0, 0)
+    assert (report.added, report.updated, report.removed, report.unchanged) == (
+        5,
+        0,
+        0,
+        0,
+    )
     assert report.failures == [] and "5 images indexed" in report.summary()
 
     index = ImageIndex.open(index_path, model_fingerprint=FINGERPRINT)
-    assert index.ids == ["blue.webp", "green.png", "red.jpg", "trips/grey.JPEG", "trips/yellow.gif"]
+    assert index.ids == [
+        "blue.webp",
+        "green.png",
+        "red.jpg",
+        "trips/grey.JPEG",
+        "trips/yellow.gif",
+    ]
     assert index.paths == [str(photos / i) for i in index.ids]
-    assert (index.model_fingerprint, index.image_root, index.dim) == (FINGERPRINT, str(photos), 4)
+    assert (index.model_fingerprint, index.image_root, index.dim) == (
+        FINGERPRINT,
+        str(photos),
+        4,
+    )
     assert index.run_dir == str(tmp_path / "run")
-    assert index.mtime_ns.dtype == np.int64 and index.sizes[2] == (photos / "red.jpg").stat().st_size
+    assert (
+        index.mtime_ns.dtype == np.int64
+        and index.sizes[2] == (photos / "red.jpg").stat().st_size
+    )
     with h5py.File(index_path, "r") as f:
         assert f["embeddings"].dtype == np.float32 and f["embeddings"].chunks == (5, 4)
     # Mean colour is the stand-in's meaning: a red query finds the red photo.
     red = np.array([1.0, 0.0, 0.0, 0.5], np.float32)
-    assert index.ids[exact_search(index, red / np.linalg.norm(red), 1)[1][0, 0]] == "red.jpg"
+    assert (
+        index.ids[exact_search(index, red / np.linalg.norm(red), 1)[1][0, 0]]
+        == "red.jpg"
+    )
 
     embed.calls.clear()
     before = index_path.read_bytes()
     report = update(index_path, photos, embed)
-    assert embed.calls == [] and report.unchanged == 5 and report.added == report.updated == 0
+    assert (
+        embed.calls == []
+        and report.unchanged == 5
+        and report.added == report.updated == 0
+    )
     assert index_path.read_bytes() == before  # nothing changed, nothing written
 
     save_image(photos / "red.jpg", (0, 0, 10))  # now dark blue
@@ -271,29 +345,49 @@ def test_update_index_builds_then_only_embeds_what_changed(tmp_path, photos):
     (photos / "green.png").unlink()
     report = update(index_path, photos, embed)
     assert sorted(embed.embedded) == ["grey.JPEG", "red.jpg", "white.png"]
-    assert (report.added, report.updated, report.removed, report.unchanged) == (1, 2, 1, 2)
+    assert (report.added, report.updated, report.removed, report.unchanged) == (
+        1,
+        2,
+        1,
+        2,
+    )
 
     index = ImageIndex.open(index_path)
-    assert index.ids == ["blue.webp", "new/white.png", "red.jpg", "trips/grey.JPEG", "trips/yellow.gif"]
+    assert index.ids == [
+        "blue.webp",
+        "new/white.png",
+        "red.jpg",
+        "trips/grey.JPEG",
+        "trips/yellow.gif",
+    ]
     red_row = index.row_of("red.jpg")
-    assert index.embeddings([red_row])[0][2] > index.embeddings([red_row])[0][0]  # re-embedded: blue now
+    assert (
+        index.embeddings([red_row])[0][2] > index.embeddings([red_row])[0][0]
+    )  # re-embedded: blue now
     assert index.mtime_ns[red_row] == (photos / "red.jpg").stat().st_mtime_ns
     assert leftovers(tmp_path) == []
 
 
-def test_update_index_reports_corrupt_images_and_picks_them_up_once_fixed(tmp_path, photos):
+def test_update_index_reports_corrupt_images_and_picks_them_up_once_fixed(
+    tmp_path, photos
+):
     index_path = tmp_path / "index.h5"
     (photos / "broken.jpg").write_bytes(b"this is not a jpeg")
     report = update(index_path, photos, FakeEmbed())
     assert report.added == 5 and len(report.failures) == 1
-    assert report.failures[0][0] == str(photos / "broken.jpg") and "could not be read" in report.summary()
+    assert (
+        report.failures[0][0] == str(photos / "broken.jpg")
+        and "could not be read" in report.summary()
+    )
     assert ImageIndex.open(index_path).row_of("broken.jpg") is None
 
     save_image(photos / "broken.jpg", (10, 20, 30))
     bump_mtime(photos / "broken.jpg")
     embed = FakeEmbed()
     report = update(index_path, photos, embed)
-    assert embed.embedded == ["broken.jpg"] and report.added == 1 and report.failures == []
+    assert (
+        embed.embedded == ["broken.jpg"] and report.added == 1 and report.failures == []
+    )
     assert ImageIndex.open(index_path).row_of("broken.jpg") is not None
 
 
@@ -305,7 +399,11 @@ def test_index_of_another_model_is_refused(tmp_path, photos):
     with pytest.raises(IndexMismatchError) as caught:
         ImageIndex.open(index_path, model_fingerprint=OTHER_FINGERPRINT)
     message = str(caught.value)
-    assert str(index_path) in message and "a1b2c3d4e5f6" in message and "ffeeddccbbaa" in message
+    assert (
+        str(index_path) in message
+        and "a1b2c3d4e5f6" in message
+        and "ffeeddccbbaa" in message
+    )
     assert FINGERPRINT not in message  # shortened
     assert "--out" in message and isinstance(caught.value, DeviseError)
 

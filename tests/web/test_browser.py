@@ -14,8 +14,6 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-import devise  # noqa: E402
-from devise.cli import index as index_cli  # noqa: E402
 from devise.search.engine import SearchEngine  # noqa: E402
 from devise.web import BackgroundServer, create_app  # noqa: E402
 
@@ -37,12 +35,8 @@ def _browser_or_skip():
 
 
 @pytest.fixture(scope="module")
-def server(tiny_run, tmp_path_factory):
-    config = devise.load_config(tiny_run / "config.yaml")
-    out = tmp_path_factory.mktemp("browser_index") / "shapes.h5"
-    images = f"{config.data.root}/dataset"
-    assert index_cli.main(["--run", str(tiny_run), "--images", images, "--out", str(out), "--quiet"]) == 0
-    app = create_app(SearchEngine.load(tiny_run, out), max_k=100)
+def server(tiny_run, tiny_index):
+    app = create_app(SearchEngine.load(tiny_run, tiny_index), max_k=100)
     with BackgroundServer(app, host="127.0.0.1", port=0) as running:
         yield running
 

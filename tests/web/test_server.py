@@ -15,8 +15,6 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-import devise  # noqa: E402
-from devise.cli import index as index_cli  # noqa: E402
 from devise.cli import serve as serve_cli  # noqa: E402
 from devise.search.engine import SearchEngine  # noqa: E402
 from devise.web import BackgroundServer, create_app  # noqa: E402
@@ -25,16 +23,12 @@ CANDIDATES = [f"a {c} {s}" for c in ("red", "green", "blue", "yellow") for s in 
 
 
 @pytest.fixture(scope="module")
-def server(tiny_run, tmp_path_factory):
-    config = devise.load_config(tiny_run / "config.yaml")
-    out = tmp_path_factory.mktemp("web_index") / "shapes.h5"
-    images = f"{config.data.root}/dataset"
-    assert index_cli.main(["--run", str(tiny_run), "--images", images, "--out", str(out), "--quiet"]) == 0
-    engine = SearchEngine.load(tiny_run, out)
+def server(tiny_run, tiny_index):
+    engine = SearchEngine.load(tiny_run, tiny_index)
     app = create_app(engine, captions=CANDIDATES, max_query_chars=500, max_k=100, thumbnail_size=64)
     with BackgroundServer(app, host="127.0.0.1", port=0) as running:
         running.engine = engine
-        running.index_path = out
+        running.index_path = tiny_index
         running.run_dir = tiny_run
         yield running
 

@@ -17,11 +17,11 @@ import os
 import pathlib
 import re
 import types
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
+from devise.datasets._reading import decoded_lines, problem_recorder, require_file
 from devise.datasets.records import CaptionRecord
-from devise.datasets.report import DataProblem, DataReport
-from devise.errors import DataFormatError, MissingResourcesError
+from devise.datasets.report import DataReport
 
 #: Split -> the Flickr8k split file that lists its images ("dev" is val).
 FLICKR8K_SPLIT_FILES: Mapping[str, str] = types.MappingProxyType(
@@ -85,10 +85,10 @@ def read_flickr_tokens(
         unknown = sorted(set(splits) - set(_SPLIT_NAMES))
         if unknown:
             raise ValueError(f"splits keys must be among {', '.join(_SPLIT_NAMES)}, got {unknown}")
-    _require_file(path, f"Flickr token file {path} does not exist; {_HOW_TO_GET}")
+    require_file(path, f"Flickr token file {path} does not exist; {_HOW_TO_GET}")
     if report is None:
         report = DataReport(strict=strict)
-    record_problem = _problem_recorder(report, strict)
+    record_problem = problem_recorder(report, strict)
 
     # image -> (split, split file, line) of the first listing.
     listed: dict[str, tuple[str, pathlib.Path, int]] | None = None
@@ -97,7 +97,7 @@ def read_flickr_tokens(
 
     records: list[CaptionRecord] = []
     unlisted: dict[str, None] = {}  # an ordered set
-    for number, line in _decoded_lines(path, record_problem):
+    for number, line in decoded_lines(path, record_problem):
         if not line.strip():
             continue
         key, tab, caption = line.partition("\t")
@@ -142,12 +142,12 @@ def _read_split_files(
         if split not in splits:
             continue
         split_path = pathlib.Path(splits[split])
-        _require_file(
+        require_file(
             split_path,
             f"Flickr split file {split_path} ({split}) does not exist; it lists one image file "
             f"name per line, like Flickr8k's {FLICKR8K_SPLIT_FILES[split]}",
         )
-        for number, line in _decoded_lines(split_path, record_problem):
+        for number, line in decoded_lines(split_path, record_problem):
             image = line.strip()
             if not image:
                 continue
@@ -159,38 +159,3 @@ def _read_split_files(
                     number,
                 )
     return listed
-
-
-def _decoded_lines(path: pathlib.Path, record_problem) -> Iterator[tuple[int, str]]:
-    """``(line number, text)`` of each UTF-8 line; other lines are reported and skipped."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise DataFormatError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    # A BOM left by some editors is not part of the first line.
-    raw = raw.removeprefix(b"\xef\xbb\xbf")
-    # Split the bytes, not decoded text: one bad byte then costs one line,
-    # and str.splitlines would also split on characters such as U+2028.
-    for number, line in enumerate(raw.splitlines(), start=1):
-        try:
-            yield number, line.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            record_problem(path, f"not valid UTF-8 (byte 0x{line[exc.start]:02x})", number)
-
-
-def _require_file(path: pathlib.Path, message: str) -> None:
-    if not path.exists():
-        raise MissingResourcesError([message])
-
-
-def _problem_recorder(report: DataReport, strict: bool):
-    """``record(path, reason, line=None)``: add to ``report``, or raise in strict mode."""
-
-    def record(path: str | os.PathLike, reason: str, line: int | None = None) -> None:
-        # A lenient report passed in alongside strict=True must still stop
-        # at the first problem, without changing the caller's report.
-        if strict and not report.strict:
-            raise DataFormatError(str(DataProblem(str(path), line, reason)))
-        report.add(str(path), reason, line)
-
-    return record

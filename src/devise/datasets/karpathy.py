@@ -20,16 +20,16 @@ splits train on it, and keeping a fourth split name would leave it unused.
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import types
 from collections.abc import Mapping
 from typing import Any
 
+from devise.datasets._reading import load_json, problem_recorder
 from devise.datasets.records import CaptionRecord
-from devise.datasets.report import DataProblem, DataReport
-from devise.errors import DataFormatError, MissingResourcesError
+from devise.datasets.report import DataReport
+from devise.errors import DataFormatError
 
 #: Split names in the file -> the split the record gets.
 KARPATHY_SPLITS: Mapping[str, str] = types.MappingProxyType(
@@ -81,8 +81,8 @@ def read_karpathy_json(
     path = pathlib.Path(path)
     if report is None:
         report = DataReport(strict=strict)
-    record_problem = _problem_recorder(report, strict)
-    data = _load_json(path)
+    record_problem = problem_recorder(report, strict)
+    data = load_json(path, f"Karpathy split file {path} does not exist; {_HOW_TO_GET}")
     images = data.get("images") if isinstance(data, dict) else None
     if not isinstance(images, list):
         raise DataFormatError(
@@ -144,39 +144,3 @@ def _caption(sentence: Any) -> str | None:
         text = " ".join(tokens).strip()
         return text or None
     return None
-
-
-def _load_json(path: pathlib.Path) -> Any:
-    """Parse a UTF-8 JSON annotation file, raising a message that names it."""
-    if not path.exists():
-        raise MissingResourcesError([f"Karpathy split file {path} does not exist; {_HOW_TO_GET}"])
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise DataFormatError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    try:
-        # utf-8-sig: a BOM left by some editors is not part of the JSON.
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise DataFormatError(
-            f"{path}:{line}: not valid UTF-8 (byte 0x{raw[exc.start]:02x}); "
-            "JSON annotation files must be UTF-8, re-save it as UTF-8"
-        ) from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataFormatError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
-
-
-def _problem_recorder(report: DataReport, strict: bool):
-    """``record(path, reason, line=None)``: add to ``report``, or raise in strict mode."""
-
-    def record(path: str | os.PathLike, reason: str, line: int | None = None) -> None:
-        # A lenient report passed in alongside strict=True must still stop
-        # at the first problem, without changing the caller's report.
-        if strict and not report.strict:
-            raise DataFormatError(str(DataProblem(str(path), line, reason)))
-        report.add(str(path), reason, line)
-
-    return record

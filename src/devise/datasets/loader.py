@@ -16,15 +16,16 @@ import pathlib
 import stat
 from collections.abc import Iterable, Sequence
 
+from devise.datasets._reading import problem_recorder
 from devise.datasets.coco import read_coco_captions
 from devise.datasets.flickr import FLICKR8K_SPLIT_FILES, read_flickr_tokens
 from devise.datasets.karpathy import read_karpathy_json
 from devise.datasets.manifest import read_manifest
 from devise.datasets.pascal import read_pascal_sentences
 from devise.datasets.records import CaptionRecord
-from devise.datasets.report import DataProblem, DataReport
+from devise.datasets.report import DataReport
 from devise.datasets.splits import assert_disjoint
-from devise.errors import ConfigError, DataFormatError, DeviseError, MissingResourcesError
+from devise.errors import ConfigError, DeviseError, MissingResourcesError
 
 #: Values of ``data.format``, in the order the docs list them.
 DATASET_FORMATS: tuple[str, ...] = ("pascal", "karpathy", "flickr_tokens", "coco", "manifest")
@@ -139,7 +140,7 @@ def load_caption_dataset(
         records = read_manifest(annotations, images_dir=images, strict=strict, report=report)
 
     source = os.fspath(annotations if annotations is not None and format != "pascal" else root)
-    return _checked(records, source, _problem_recorder(report, strict))
+    return _checked(records, source, problem_recorder(report, strict))
 
 
 def splits_from_records(records: Sequence[CaptionRecord]) -> dict[str, list[CaptionRecord]]:
@@ -238,16 +239,3 @@ def _flickr8k_split_files(folder: pathlib.Path) -> dict[str, pathlib.Path] | Non
 def _what(name: str, format: str) -> str:
     what = _WHAT[name]
     return what[format] if isinstance(what, dict) else what
-
-
-def _problem_recorder(report: DataReport, strict: bool):
-    """``record(path, reason, line=None)``: add to ``report``, or raise in strict mode."""
-
-    def record(path: str | os.PathLike, reason: str, line: int | None = None) -> None:
-        # A lenient report passed in alongside strict=True must still stop
-        # at the first problem, without changing the caller's report.
-        if strict and not report.strict:
-            raise DataFormatError(str(DataProblem(str(path), line, reason)))
-        report.add(str(path), reason, line)
-
-    return record

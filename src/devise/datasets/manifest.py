@@ -23,9 +23,10 @@ import pathlib
 from collections.abc import Iterator
 from typing import Any
 
+from devise.datasets._reading import decoded_lines, problem_recorder, require_file
 from devise.datasets.records import CaptionRecord
-from devise.datasets.report import DataProblem, DataReport
-from devise.errors import DataFormatError, MissingResourcesError
+from devise.datasets.report import DataReport
+from devise.errors import DataFormatError
 
 #: Every field a manifest item may have; the first two are required.
 MANIFEST_FIELDS: tuple[str, ...] = ("image", "caption", "category", "split", "image_id")
@@ -74,16 +75,12 @@ def read_manifest(
             or (in strict mode) on the first problem found.
     """
     path = pathlib.Path(path)
-    if not path.exists():
-        raise MissingResourcesError(
-            [
-                (
-                    f"manifest {path} does not exist; set data.annotations to a .jsonl, .csv or .tsv "
-                    f"file listing {', '.join(REQUIRED_FIELDS)} (and optionally "
-                    f"{', '.join(MANIFEST_FIELDS[2:])}) per caption"
-                )
-            ]
-        )
+    require_file(
+        path,
+        f"manifest {path} does not exist; set data.annotations to a .jsonl, .csv or .tsv "
+        f"file listing {', '.join(REQUIRED_FIELDS)} (and optionally "
+        f"{', '.join(MANIFEST_FIELDS[2:])}) per caption",
+    )
     suffix = path.suffix.lower()
     if suffix not in JSON_LINES_EXTENSIONS and suffix not in DELIMITERS:
         known = sorted(JSON_LINES_EXTENSIONS | set(DELIMITERS))
@@ -93,10 +90,10 @@ def read_manifest(
         )
     if report is None:
         report = DataReport(strict=strict)
-    record_problem = _problem_recorder(report, strict)
+    record_problem = problem_recorder(report, strict)
     base = pathlib.Path(images_dir) if images_dir is not None else path.parent
 
-    lines = _decoded_lines(path, record_problem)
+    lines = decoded_lines(path, record_problem)
     if suffix in JSON_LINES_EXTENSIONS:
         rows = _json_lines_rows(path, lines, record_problem)
     else:
@@ -234,33 +231,3 @@ def _delimited_rows(
             f"{path}: no header row; the first row must name the columns "
             f"{', '.join(REQUIRED_FIELDS)} (optionally {', '.join(MANIFEST_FIELDS[2:])})"
         )
-
-
-def _decoded_lines(path: pathlib.Path, record_problem) -> Iterator[tuple[int, str]]:
-    """``(line number, text)`` of each UTF-8 line; other lines are reported and skipped."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise DataFormatError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    # A BOM left by some editors is not part of the first line.
-    raw = raw.removeprefix(b"\xef\xbb\xbf")
-    # Split the bytes, not decoded text: one bad byte then costs one line,
-    # and str.splitlines would also split on characters such as U+2028.
-    for number, line in enumerate(raw.splitlines(), start=1):
-        try:
-            yield number, line.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            record_problem(path, f"not valid UTF-8 (byte 0x{line[exc.start]:02x})", number)
-
-
-def _problem_recorder(report: DataReport, strict: bool):
-    """``record(path, reason, line=None)``: add to ``report``, or raise in strict mode."""
-
-    def record(path: str | os.PathLike, reason: str, line: int | None = None) -> None:
-        # A lenient report passed in alongside strict=True must still stop
-        # at the first problem, without changing the caller's report.
-        if strict and not report.strict:
-            raise DataFormatError(str(DataProblem(str(path), line, reason)))
-        report.add(str(path), reason, line)
-
-    return record

@@ -20,9 +20,10 @@ from collections.abc import Callable, Iterable, Sequence
 
 from PIL import Image
 
+from devise.datasets._reading import problem_recorder
 from devise.datasets.records import CaptionRecord
-from devise.datasets.report import DataProblem, DataReport
-from devise.errors import DataFormatError, MissingResourcesError
+from devise.datasets.report import DataReport
+from devise.errors import MissingResourcesError
 
 PASCAL_CATEGORIES: tuple[str, ...] = (
     "aeroplane",
@@ -116,13 +117,7 @@ def read_pascal_sentences(
     check_pascal_layout(root_path)
     if report is None:
         report = DataReport(strict=strict)
-
-    def record_problem(path: pathlib.Path, reason: str, line: int | None = None) -> None:
-        # A non-strict report passed in alongside strict=True must still
-        # stop at the first problem, without changing the caller's report.
-        if strict and not report.strict:
-            raise DataFormatError(str(DataProblem(str(path), line, reason)))
-        report.add(str(path), reason, line)
+    record_problem = problem_recorder(report, strict)
 
     image_root = root_path / IMAGE_DIR
     sentence_root = root_path / SENTENCE_DIR

@@ -62,7 +62,9 @@ class IndexMismatchError(DeviseError):
     """
 
     @classmethod
-    def for_index(cls, path: str, found: str, expected: str, run_dir: str = "") -> "IndexMismatchError":
+    def for_index(
+        cls, path: str, found: str, expected: str, run_dir: str = ""
+    ) -> IndexMismatchError:
         """The error for the index at ``path``, built by ``found`` and wanted by ``expected``.
 
         Args:
@@ -86,7 +88,11 @@ class IndexMismatchError(DeviseError):
 
 def _short(fingerprint: str) -> str:
     """First 12 characters of a fingerprint (a sha256 hex digest in practice)."""
-    return fingerprint[:12] + ("..." if len(fingerprint) > 12 else "") if fingerprint else "(none)"
+    return (
+        fingerprint[:12] + ("..." if len(fingerprint) > 12 else "")
+        if fingerprint
+        else "(none)"
+    )
 
 
 # -- scanning ----------------------------------------------------------------
@@ -131,13 +137,18 @@ def scan_images(root: str | os.PathLike) -> list[ImageFile]:
     if not os.path.exists(root):
         raise DeviseError(f"{root}: image folder not found; check the path")
     if not os.path.isdir(root):
-        raise DeviseError(f"{root}: not a folder; give the folder that holds the images")
+        raise DeviseError(
+            f"{root}: not a folder; give the folder that holds the images"
+        )
     found: list[ImageFile] = []
     for directory, dirnames, filenames in os.walk(root, followlinks=False):
         # Pruning in place stops os.walk from descending into hidden folders.
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         for name in filenames:
-            if name.startswith(".") or os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
+            if (
+                name.startswith(".")
+                or os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS
+            ):
                 continue
             path = os.path.join(directory, name)
             try:
@@ -212,7 +223,9 @@ class ImageIndex:
         self._row_of: dict[str, int] | None = None
 
     @classmethod
-    def open(cls, path: str | os.PathLike, *, model_fingerprint: str | None = None) -> "ImageIndex":
+    def open(
+        cls, path: str | os.PathLike, *, model_fingerprint: str | None = None
+    ) -> ImageIndex:
         """Open an index file and read its metadata.
 
         Args:
@@ -229,8 +242,14 @@ class ImageIndex:
             IndexMismatchError: the index was built by another model.
         """
         path = os.path.abspath(os.fspath(path))
+        if os.path.isdir(path):
+            raise DeviseError(
+                f"{path}: is a folder, not an image index file; give the index's .h5 file"
+            )
         if not os.path.isfile(path):
-            raise DeviseError(f"{path}: image index not found; build it first or check the path")
+            raise DeviseError(
+                f"{path}: image index not found; build it first or check the path"
+            )
         try:
             token = _file_token(path)
             with h5py.File(path, "r") as f:
@@ -248,7 +267,12 @@ class ImageIndex:
                     )
                 found = _text(f.attrs.get("model_fingerprint", ""))
                 if model_fingerprint is not None and found != model_fingerprint:
-                    raise IndexMismatchError.for_index(path, found, model_fingerprint, _text(f.attrs.get("run_dir", "")))
+                    raise IndexMismatchError.for_index(
+                        path,
+                        found,
+                        model_fingerprint,
+                        _text(f.attrs.get("run_dir", "")),
+                    )
                 dim = int(f.attrs["dim"])
                 ids = list(f["ids"].asstr()[()])
                 paths = list(f["paths"].asstr()[()])
@@ -277,7 +301,12 @@ class ImageIndex:
                 "give the index file that the indexing command wrote, or rebuild it"
             ) from None
         n = len(ids)
-        if len(paths) != n or len(mtime_ns) != n or len(sizes) != n or tuple(shape) != (n, dim):
+        if (
+            len(paths) != n
+            or len(mtime_ns) != n
+            or len(sizes) != n
+            or tuple(shape) != (n, dim)
+        ):
             raise DataFormatError(
                 f"{path}: damaged image index ({n} ids, {len(paths)} paths, embeddings {tuple(shape)}); rebuild it"
             )
@@ -302,7 +331,9 @@ class ImageIndex:
         except OSError:
             token = None
         if self._token is not None and token != self._token:
-            raise DeviseError(f"{self.path}: the image index changed on disk since it was opened; open it again")
+            raise DeviseError(
+                f"{self.path}: the image index changed on disk since it was opened; open it again"
+            )
         return h5py.File(self.path, "r")
 
     def iter_blocks(self, block_rows: int = 65536) -> Iterator[tuple[int, np.ndarray]]:
@@ -320,12 +351,16 @@ class ImageIndex:
         """
         return self._blocks(block_rows, reuse=False)
 
-    def _blocks(self, block_rows: int, *, reuse: bool) -> Iterator[tuple[int, np.ndarray]]:
+    def _blocks(
+        self, block_rows: int, *, reuse: bool
+    ) -> Iterator[tuple[int, np.ndarray]]:
         """:meth:`iter_blocks`; with ``reuse`` every block is read into one buffer.
 
         Reusing the buffer saves allocating (and page-faulting) a large block
         per step; only callers that are done with a block before asking for
-        the next one may use it.
+        the next one may use it. (Reading the next block in a thread while
+        the caller computes was measured slower on a 2-core machine: the
+        reader competes with the BLAS threads for cores and memory bandwidth.)
         """
         if block_rows < 1:
             raise ValueError(f"block_rows must be >= 1, got {block_rows}")
@@ -334,10 +369,16 @@ class ImageIndex:
             return
         with self._open_embeddings() as f:
             dataset = f["embeddings"]
-            buffer = np.empty((min(block_rows, n), self.dim), np.float32) if reuse else None
+            buffer = (
+                np.empty((min(block_rows, n), self.dim), np.float32) if reuse else None
+            )
             for start in range(0, n, block_rows):
                 stop = min(start + block_rows, n)
-                out = buffer[: stop - start] if buffer is not None else np.empty((stop - start, self.dim), np.float32)
+                out = (
+                    buffer[: stop - start]
+                    if buffer is not None
+                    else np.empty((stop - start, self.dim), np.float32)
+                )
                 dataset.read_direct(out, np.s_[start:stop], np.s_[0 : stop - start])
                 yield start, out
 
@@ -361,7 +402,9 @@ class ImageIndex:
         return data[inverse.reshape(-1)]
 
 
-def _read_rows(dataset: h5py.Dataset, rows: np.ndarray, span: int = _COPY_ROWS) -> np.ndarray:
+def _read_rows(
+    dataset: h5py.Dataset, rows: np.ndarray, span: int = _COPY_ROWS
+) -> np.ndarray:
     """Rows (sorted, unique) of a 2-D dataset, read as contiguous slices.
 
     One slice covers the rows within ``span`` of its first row, so a dense
@@ -418,8 +461,7 @@ class _TopK:
                 return
             which = np.flatnonzero(active)
             block = scores[which] if len(which) < queries else scores
-            bar = self.scores[which, -1]
-            qi, col = _nonzero(block > bar[:, None])
+            qi, col = _nonzero(block > self.scores[which, -1][:, None])
         elif m > 2 * k and np.isfinite(bar := _group_bar(scores, k)).all():
             # Scores below the bar cannot make this block's top k; the ties
             # at it are all kept, so the lower rows of a tie are never lost.
@@ -428,11 +470,10 @@ class _TopK:
         else:
             # Every score is a candidate (a small block, or too few finite
             # scores for a bar); NaN ranks last.
-            cand_scores = np.where(np.isnan(scores), np.float32(-np.inf), scores)
-            cand_rows = np.broadcast_to(np.arange(start, start + m, dtype=np.int64), (queries, m))
-            self._merge(which, *self._prune(which, cand_scores, cand_rows))
-            return
-        self._merge(which, *self._prune(which, *self._pad(len(which), qi, block[qi, col], col + start)))
+            block = np.where(np.isnan(scores), np.float32(-np.inf), scores)
+            qi, col = np.divmod(np.arange(queries * m), m)
+        cand_scores, cand_rows = self._pad(len(which), qi, block[qi, col], col + start)
+        self._merge(which, *self._prune(which, cand_scores, cand_rows))
 
     def _push_one(self, scores: np.ndarray, start: int) -> None:
         """:meth:`push` for a single query, on 1-D arrays: no padding, fewer calls.
@@ -480,7 +521,9 @@ class _TopK:
         return self._pad(len(which), qi, cand_scores[qi, col], cand_rows[qi, col])
 
     @staticmethod
-    def _pad(queries: int, qi: np.ndarray, scores: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _pad(
+        queries: int, qi: np.ndarray, scores: np.ndarray, rows: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Lay candidates ``(query, score, row)``, grouped by query, out as one padded row per query."""
         counts = np.bincount(qi, minlength=queries)
         width = int(counts.max()) if len(qi) else 0
@@ -491,7 +534,9 @@ class _TopK:
         padded_rows[qi, pos] = rows
         return padded_scores, padded_rows
 
-    def _merge(self, which: np.ndarray, cand_scores: np.ndarray, cand_rows: np.ndarray) -> None:
+    def _merge(
+        self, which: np.ndarray, cand_scores: np.ndarray, cand_rows: np.ndarray
+    ) -> None:
         scores = np.concatenate([self.scores[which], cand_scores], axis=1)
         rows = np.concatenate([self.rows[which], cand_rows], axis=1)
         # Score descending, then row ascending (lexsort's last key is the primary one).
@@ -522,7 +567,9 @@ def _group_bar(scores: np.ndarray, k: int) -> np.ndarray:
     queries, m = scores.shape
     groups = min(m, 8 * k)
     size = m // groups
-    maxima = np.fmax.reduce(scores[:, : groups * size].reshape(queries, groups, size), axis=2)
+    maxima = np.fmax.reduce(
+        scores[:, : groups * size].reshape(queries, groups, size), axis=2
+    )
     # np.partition sorts NaN (an all-NaN group) above everything: make it lowest.
     maxima[np.isnan(maxima)] = -np.inf
     return np.partition(maxima, groups - k, axis=1)[:, groups - k]
@@ -579,17 +626,26 @@ def exact_search(
     q = np.ascontiguousarray(q)
     if isinstance(source, ImageIndex):
         n, dim = len(source), source.dim
-        blocks: Iterator[tuple[int, np.ndarray]] = source._blocks(block_rows, reuse=True)
+        blocks: Iterator[tuple[int, np.ndarray]] = source._blocks(
+            block_rows, reuse=True
+        )
     else:
         matrix = np.asarray(source)
         if matrix.ndim != 2:
-            raise ValueError(f"source must be an ImageIndex or an (N, D) array, got shape {matrix.shape}")
+            raise ValueError(
+                f"source must be an ImageIndex or an (N, D) array, got shape {matrix.shape}"
+            )
         n, dim = matrix.shape
         # Row slices of a C-contiguous array are views: no block is copied.
-        blocks = ((start, matrix[start : start + block_rows]) for start in range(0, n, block_rows))
+        blocks = (
+            (start, matrix[start : start + block_rows])
+            for start in range(0, n, block_rows)
+        )
     top_k = min(k, n)
     if top_k == 0 or q.shape[0] == 0:
-        return np.zeros((q.shape[0], top_k), np.float32), np.zeros((q.shape[0], top_k), np.int64)
+        return np.zeros((q.shape[0], top_k), np.float32), np.zeros(
+            (q.shape[0], top_k), np.int64
+        )
     if q.shape[1] != dim:
         raise ValueError(f"queries have dimension {q.shape[1]}, the embeddings {dim}")
 
@@ -604,7 +660,11 @@ def exact_search(
             rows = len(part)
             # Into a reused buffer: a fresh (Q, rows) array per block would be
             # page-faulted in every time.
-            out = scratch if rows == scratch.shape[1] else np.empty((q.shape[0], rows), np.float32)
+            out = (
+                scratch
+                if rows == scratch.shape[1]
+                else np.empty((q.shape[0], rows), np.float32)
+            )
             np.matmul(q, part.T, out=out)
             best.push(out, start + offset)
     return best.scores, best.rows
@@ -722,13 +782,15 @@ def update_index(
     scanned = {f.id for f in files}
 
     report = UpdateReport()
-    old: dict[str, tuple[int, int, int]] = {}
+    # id -> (mtime_ns, size) the row was embedded at.
+    old: dict[str, tuple[int, int]] = {}
     if base is not None:
-        old = {i: (row, int(t), int(s)) for row, (i, t, s) in enumerate(zip(base.ids, base.mtime_ns, base.sizes))}
+        old = {
+            i: (int(t), int(s)) for i, t, s in zip(base.ids, base.mtime_ns, base.sizes)
+        }
     todo: list[ImageFile] = []
     for f in files:
-        entry = old.get(f.id)
-        if entry is not None and entry[1:] == (f.mtime_ns, f.size):
+        if old.get(f.id) == (f.mtime_ns, f.size):
             report.unchanged += 1
         else:
             todo.append(f)
@@ -762,7 +824,11 @@ def update_index(
             bar.update(start + len(batch), len(todo))
         done = start + len(batch) >= len(todo)
         worked = time.monotonic() - last_checkpoint
-        if not done and since_checkpoint >= checkpoint_every and worked >= _CHECKPOINT_WORK_RATIO * writer.last_write_s:
+        if (
+            not done
+            and since_checkpoint >= checkpoint_every
+            and worked >= _CHECKPOINT_WORK_RATIO * writer.last_write_s
+        ):
             writer.write(files, pending, failed, dim, final=False)
             pending.clear()
             since_checkpoint = 0
@@ -820,7 +886,14 @@ class _IndexWriter:
     beyond one checkpoint.
     """
 
-    def __init__(self, path: str, fingerprint: str, run_dir: str, image_root: str, base: ImageIndex | None):
+    def __init__(
+        self,
+        path: str,
+        fingerprint: str,
+        run_dir: str,
+        image_root: str,
+        base: ImageIndex | None,
+    ):
         self.path = path
         self.fingerprint = fingerprint
         self.run_dir = run_dir
@@ -829,7 +902,13 @@ class _IndexWriter:
         self.last_write_s = 0.0
 
     def write(
-        self, files: list[ImageFile], pending: dict[str, np.ndarray], failed: set[str], dim: int, *, final: bool
+        self,
+        files: list[ImageFile],
+        pending: dict[str, np.ndarray],
+        failed: set[str],
+        dim: int,
+        *,
+        final: bool,
     ) -> None:
         """Write the index of ``files``: pending embeddings, else the base's row.
 
@@ -853,13 +932,20 @@ class _IndexWriter:
             row = base_rows.get(f.id, -1)
             if row < 0:
                 continue  # new file not embedded yet
-            if final and (int(self.base.mtime_ns[row]), int(self.base.sizes[row])) != (f.mtime_ns, f.size):
+            if final and (int(self.base.mtime_ns[row]), int(self.base.sizes[row])) != (
+                f.mtime_ns,
+                f.size,
+            ):
                 continue  # defensive: every changed file was re-embedded or failed
             stamp = (int(self.base.mtime_ns[row]), int(self.base.sizes[row]))
             if stamp != (f.mtime_ns, f.size):
                 f = ImageFile(f.id, f.path, *stamp)
             rows.append(_Row(f, base_row=row))
-        new_matrix = np.stack([pending[i] for i in new_ids]) if new_ids else np.zeros((0, dim), np.float32)
+        new_matrix = (
+            np.stack([pending[i] for i in new_ids])
+            if new_ids
+            else np.zeros((0, dim), np.float32)
+        )
 
         tmp = f"{self.path}.tmp-{os.getpid()}"
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
@@ -873,7 +959,9 @@ class _IndexWriter:
         self.base = ImageIndex.open(self.path, model_fingerprint=self.fingerprint)
         self.last_write_s = time.monotonic() - began
 
-    def _fill(self, f: h5py.File, rows: list[_Row], new_matrix: np.ndarray, dim: int) -> None:
+    def _fill(
+        self, f: h5py.File, rows: list[_Row], new_matrix: np.ndarray, dim: int
+    ) -> None:
         n = len(rows)
         f.attrs["format"] = FORMAT
         f.attrs["format_version"] = FORMAT_VERSION
@@ -882,13 +970,23 @@ class _IndexWriter:
         f.attrs["image_root"] = self.image_root
         f.attrs["dim"] = dim
         text = h5py.string_dtype("utf-8")
-        f.create_dataset("ids", data=np.array([r.file.id for r in rows], dtype=object), dtype=text)
-        f.create_dataset("paths", data=np.array([r.file.path for r in rows], dtype=object), dtype=text)
-        f.create_dataset("mtime_ns", data=np.array([r.file.mtime_ns for r in rows], np.int64))
+        f.create_dataset(
+            "ids", data=np.array([r.file.id for r in rows], dtype=object), dtype=text
+        )
+        f.create_dataset(
+            "paths",
+            data=np.array([r.file.path for r in rows], dtype=object),
+            dtype=text,
+        )
+        f.create_dataset(
+            "mtime_ns", data=np.array([r.file.mtime_ns for r in rows], np.int64)
+        )
         f.create_dataset("size", data=np.array([r.file.size for r in rows], np.int64))
         # HDF5 chunks must be non-empty; a 0-d index (nothing embedded yet) is contiguous.
         chunks = (min(n, _CHUNK_ROWS) or 1, dim) if dim else None
-        out = f.create_dataset("embeddings", shape=(n, dim), dtype=np.float32, chunks=chunks)
+        out = f.create_dataset(
+            "embeddings", shape=(n, dim), dtype=np.float32, chunks=chunks
+        )
         if n == 0 or dim == 0:
             return
         base_row = np.array([r.base_row for r in rows], np.int64)
