@@ -8,15 +8,30 @@ config = devise.load_config("configs/demo.yaml", ["trainer.epochs=5"])
 result = devise.Trainer(config).run()
 model = devise.DeViSEModel.load(result.run_dir)
 ```
+
+Subpackages and names load on first use, so tools that need no model (the
+downloaders, the index reader) start without importing TensorFlow.
 """
 
-from devise import datasets, embeddings, encoders, losses, retrieval, search, training
+from __future__ import annotations
+
+import importlib
+
 from devise.errors import ConfigError, DataFormatError, DeviseError, MissingResourcesError
-from devise.model import DeViSEModel, build_joint_keras_model
-from devise.search import SearchEngine
-from devise.training import ExperimentConfig, Trainer, TrainResult, evaluate_retrieval, load_config
 
 __version__ = "0.1.0"
+
+_SUBPACKAGES = ("datasets", "embeddings", "encoders", "losses", "retrieval", "search", "training")
+_NAMES = {
+    "DeViSEModel": "devise.model",
+    "build_joint_keras_model": "devise.model",
+    "SearchEngine": "devise.search.engine",
+    "ExperimentConfig": "devise.training.config",
+    "load_config": "devise.training.config",
+    "Trainer": "devise.training.trainer",
+    "TrainResult": "devise.training.trainer",
+    "evaluate_retrieval": "devise.training.evaluation",
+}
 
 __all__ = [
     "ConfigError",
@@ -40,3 +55,18 @@ __all__ = [
     "training",
     "__version__",
 ]
+
+
+def __getattr__(name: str):
+    if name in _SUBPACKAGES:
+        module = importlib.import_module(f"devise.{name}")
+    elif name in _NAMES:
+        module = getattr(importlib.import_module(_NAMES[name]), name)
+    else:
+        raise AttributeError(f"module 'devise' has no attribute {name!r}")
+    globals()[name] = module
+    return module
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

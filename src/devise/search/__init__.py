@@ -10,7 +10,17 @@ from devise.search.index import (
     scan_images,
     update_index,
 )
-from devise.search.engine import CaptionHit, SearchEngine, SearchHit
+
+_ENGINE_NAMES = ("CaptionHit", "SearchEngine", "SearchHit")
+
+
+def __getattr__(name: str):
+    # The engine needs the model (and TensorFlow); the index and exact search do not.
+    if name in _ENGINE_NAMES:
+        from devise.search import engine
+
+        return getattr(engine, name)
+    raise AttributeError(f"module 'devise.search' has no attribute {name!r}")
 
 __all__ = [
     "CaptionHit",
