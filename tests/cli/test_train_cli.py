@@ -50,8 +50,8 @@ def test_train_end_to_end_on_tiny_demo(tiny_demo_args, tmp_path, repo_root, monk
             assert again[direction][key] == pytest.approx(metrics[direction][key])
 
     # A second run reuses the dataset and the feature cache.
-    assert main(tiny_demo_args(tmp_path) + ["--quiet", "trainer.epochs=1"]) == 0
-    assert "1000 images" not in capsys.readouterr().err
+    assert main(tiny_demo_args(tmp_path) + ["trainer.epochs=1"]) == 0
+    assert "160 images (0 computed, 160 from cache" in capsys.readouterr().err
 
 
 def test_check_validates_without_training(tiny_demo_args, tmp_path, repo_root, monkeypatch, capsys):

@@ -136,10 +136,10 @@ class Trainer:
         )
         for path, reason in table.failures:
             report.add(path, reason)
+        computed = table.computed - len(table.failures)
         self._log(
-            f"image features: {len(table.ids)} images ({table.computed} computed, "
-            f"{len(table.ids) - (table.computed - len(table.failures))} from cache "
-            f"{cache.path}) in {time.monotonic() - start:.1f}s"
+            f"image features: {len(table.ids)} images ({computed} computed, {len(table.ids) - computed} from "
+            f"cache {cache.path}, {len(table.failures)} skipped) in {time.monotonic() - start:.1f}s"
         )
         self._fingerprint = extractor.fingerprint()
         return table.as_dict()
