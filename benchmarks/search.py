@@ -126,14 +126,13 @@ def write_index(path: str, matrix: np.ndarray) -> None:
 
 def approximate_rows(matrix: np.ndarray, rng: np.random.Generator, args) -> list[tuple]:
     """Recall@k and speed-up of the FAISS extra against exact_search, on uniform and clustered data."""
-    try:
-        from devise.search.approximate import ApproximateIndex, recall_against_exact
-    except ImportError:
-        return []
     import importlib.util
 
+    # devise.search.approximate itself imports faiss only when used.
     if importlib.util.find_spec("faiss") is None:
         return []
+    from devise.search.approximate import ApproximateIndex, recall_against_exact
+
     n, dim = matrix.shape
     centres = unit_vectors(rng, 1000, dim)
     clustered = centres[rng.integers(0, 1000, size=n)] + 0.08 * rng.standard_normal((n, dim), dtype=np.float32)

@@ -224,3 +224,16 @@ def test_public_api_exports_the_saved_types():
     assert devise.DeViSEModel is DeViSEModel
     assert devise.encoders.LSTMTextEncoder is LSTMTextEncoder
     assert devise.encoders.LinearProjector is LinearProjector
+
+
+@pytest.mark.parametrize("meta", ["{}", "[]", '{"max_caption_length": "long"}', "{not json"])
+def test_devise_model_load_names_a_bad_model_json(meta, tmp_path):
+    vocab = Vocabulary.build(["a red circle"])
+    keras_model = build_joint_keras_model(
+        image_dim=IMAGE_DIM, vocabulary_size=len(vocab), word_dim=WORD_DIM, joint_dim=JOINT_DIM,
+        lstm_units=UNITS, max_caption_length=MAX_LEN,
+    )
+    DeViSEModel(keras_model, vocab, MAX_LEN).save(tmp_path)
+    (tmp_path / "model.json").write_text(meta)
+    with pytest.raises(devise.errors.DataFormatError, match=r"model\.json: not a devise model description"):
+        DeViSEModel.load(tmp_path)

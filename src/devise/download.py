@@ -128,13 +128,35 @@ def is_complete(
     return True
 
 
+def make_folder(folder: str | os.PathLike, url: str) -> None:
+    """Create ``folder`` (and its parents) to download ``url`` into.
+
+    Args:
+        folder: the folder; nothing happens if it exists.
+        url: what will be downloaded, named in the error.
+
+    Raises:
+        DownloadError: the folder cannot be created (a file is in the way,
+            no permission, ...); says which folder and why.
+    """
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise DownloadError(url, f"cannot create the folder {folder} ({exc.strerror or exc})") from None
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     """SHA-256 (hex) of a file, read in chunks."""
+    return _hash_file(path).hexdigest()
+
+
+def _hash_file(path: str | os.PathLike):
+    """A SHA-256 object fed with the whole file, so more bytes can be added to it."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
-    return digest.hexdigest()
+    return digest
 
 
 def download_file(
@@ -189,17 +211,14 @@ def download_file(
     """
     dest = os.fspath(dest)
     part = part_path(dest)
-    parent = os.path.dirname(os.path.abspath(dest))
-    os.makedirs(parent, exist_ok=True)
+    make_folder(os.path.dirname(os.path.abspath(dest)), url)
     sha256 = sha256.lower() if sha256 else None
 
     stats = {"received": 0, "resumed_from": None, "content_type": None}
     last: _Retry | None = None
-    attempts = 0
     for attempt in range(retries + 1):
         if attempt:
-            time.sleep(min(backoff * 2 ** (attempt - 1), MAX_BACKOFF))
-        attempts += 1
+            _pause(attempt, backoff)
         try:
             digest, size = _attempt(url, part, expected_size, timeout, progress, stats)
             _verify(part, size, digest, expected_size, sha256, validate, stats["content_type"])
@@ -221,11 +240,9 @@ def download_file(
             sha256=digest,
             resumed_from=stats["resumed_from"] or 0,
             bytes_received=stats["received"],
-            attempts=attempts,
+            attempts=attempt + 1,
         )
-    assert last is not None
-    tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
-    raise DownloadError(url, f"{last.reason} (gave up after {tries})", status=last.status)
+    raise _gave_up(url, last, retries + 1)
 
 
 def fetch_bytes(url: str, *, retries: int = 3, timeout: float = 30, backoff: float = 0.5) -> bytes:
@@ -233,7 +250,7 @@ def fetch_bytes(url: str, *, retries: int = 3, timeout: float = 30, backoff: flo
     last: _Retry | None = None
     for attempt in range(retries + 1):
         if attempt:
-            time.sleep(min(backoff * 2 ** (attempt - 1), MAX_BACKOFF))
+            _pause(attempt, backoff)
         try:
             response = _open(url, {}, timeout)
             with response:
@@ -251,8 +268,18 @@ def fetch_bytes(url: str, *, retries: int = 3, timeout: float = 30, backoff: flo
             raise DownloadError(url, exc.reason, status=exc.status) from None
         except _Retry as exc:
             last = exc
+    raise _gave_up(url, last, retries + 1)
+
+
+def _pause(attempt: int, backoff: float) -> None:
+    """Wait before retry number ``attempt`` (1 for the first retry)."""
+    time.sleep(min(backoff * 2 ** (attempt - 1), MAX_BACKOFF))
+
+
+def _gave_up(url: str, last: _Retry | None, attempts: int) -> DownloadError:
     assert last is not None
-    raise DownloadError(url, f"{last.reason} (gave up after {retries + 1} attempts)", status=last.status)
+    tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
+    return DownloadError(url, f"{last.reason} (gave up after {tries})", status=last.status)
 
 
 # --------------------------------------------------------------------------
@@ -291,7 +318,9 @@ def _attempt(url, part, expected_size, timeout, progress, stats) -> tuple[str, i
         ) from None
 
     with response:
-        status = response.status
+        # file: (and ftp:) responses have no HTTP status; they always send the
+        # whole file, like a 200 to a Range request.
+        status = response.status if response.status is not None else 200
         stats["content_type"] = response.headers.get("Content-Type")
         if offset and status == 206:
             start, total = _parse_content_range(response.headers.get("Content-Range"))
@@ -318,11 +347,7 @@ def _attempt(url, part, expected_size, timeout, progress, stats) -> tuple[str, i
         if expected_size is not None and total is not None and total != expected_size:
             raise _Fatal(f"server reports {total:,} bytes, expected {expected_size:,}")
 
-        digest = hashlib.sha256()
-        if mode == "ab":
-            with open(part, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
+        digest = _hash_file(part) if mode == "ab" else hashlib.sha256()
         if stats["resumed_from"] is None:
             stats["resumed_from"] = offset
         done = offset

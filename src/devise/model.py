@@ -177,12 +177,16 @@ class DeViSEModel:
         try:
             with open(paths[2], encoding="utf-8") as f:
                 meta = json.load(f)
+            max_caption_length = int(meta["max_caption_length"])
+            image_fingerprint = str(meta.get("image_fingerprint") or "")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            # A hand-edited or truncated model.json must not end in a traceback.
+            raise DataFormatError(
+                f"{paths[2]}: not a devise model description ({type(exc).__name__}: {exc}); "
+                "it needs an integer 'max_caption_length'"
+            ) from None
+        try:
             keras_model = keras.saving.load_model(paths[0], compile=False)
         except (OSError, ValueError, KeyError) as exc:
             raise DataFormatError(f"{directory}: cannot load model ({exc})") from None
-        return cls(
-            keras_model,
-            Vocabulary.load(paths[1]),
-            int(meta["max_caption_length"]),
-            meta.get("image_fingerprint", ""),
-        )
+        return cls(keras_model, Vocabulary.load(paths[1]), max_caption_length, image_fingerprint)

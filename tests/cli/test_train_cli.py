@@ -61,6 +61,34 @@ def test_check_validates_without_training(tiny_demo_args, tmp_path, repo_root, m
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("allow_download", ["true", "false"])
+def test_check_reports_a_missing_vgg16_weights_file(allow_download, tiny_demo_args, tmp_path, repo_root,
+                                                    monkeypatch, capsys):
+    """A local weights file is never downloaded, and cached ImageNet weights do not stand in for it."""
+    from devise.encoders.vgg16 import VGG16_WEIGHTS_FILE
+
+    cached = tmp_path / "keras_home" / "models" / VGG16_WEIGHTS_FILE
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"not empty")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    monkeypatch.chdir(repo_root)
+    missing = tmp_path / "my_vgg16.h5"
+    args = tiny_demo_args(tmp_path) + [
+        "image_encoder.backbone=vgg16", f"image_encoder.weights={missing}",
+        f"image_encoder.allow_download={allow_download}", "--check",
+    ]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "1 required resource(s) missing" in err and f"{missing} does not exist" in err
+
+
+def test_quiet_run_prints_nothing_on_stdout(tiny_demo_args, tmp_path, repo_root, monkeypatch, capsys):
+    monkeypatch.chdir(repo_root)
+    assert main(tiny_demo_args(tmp_path) + ["trainer.epochs=1", "--run-dir", str(tmp_path / "run"), "--quiet"]) == 0
+    assert capsys.readouterr().out == ""
+    assert (tmp_path / "run" / "metrics.json").is_file()
+
+
 @pytest.mark.parametrize(
     "extra, fragment",
     [

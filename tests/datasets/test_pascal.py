@@ -166,6 +166,34 @@ def test_write_layout_rejects_unsafe_names_and_multiline_captions(tmp_path):
         write_pascal_layout(tmp_path, [PascalItem("cat", "a", _image((0, 0, 0)), ["two\nlines"])])
 
 
+def test_captions_with_unicode_line_separators_read_back_whole(tmp_path):
+    # write_pascal_layout accepts these (only \n and \r are line breaks),
+    # so each must come back as one caption, not be split in two.
+    captions = ["A cat\u2028on a mat.", "Page\x0cbreak.", "Next\x85line.", "Old\x1cseparator."]
+    root = write_pascal_layout(tmp_path, [PascalItem("cat", "a", _image((0, 0, 0)), captions)])
+    (root / "sentence" / "cat" / "b.txt").write_bytes(b"Windows line.\r\nOld Mac line.\rLast.")
+    shutil.copy(root / "dataset" / "cat" / "a.jpg", root / "dataset" / "cat" / "b.jpg")
+    records = read_pascal_sentences(root)
+    assert [r.caption for r in records] == [*captions, "Windows line.", "Old Mac line.", "Last."]
+
+
+def test_unreadable_sentence_file_is_reported_not_raised(tmp_path, monkeypatch):
+    root = _good_layout(tmp_path)
+    unreadable = root / "sentence" / "cat" / "2008_000001.txt"
+    read_bytes = pathlib.Path.read_bytes
+
+    def failing_read_bytes(self):
+        if self == unreadable:
+            raise PermissionError(13, "Permission denied", str(self))
+        return read_bytes(self)
+
+    monkeypatch.setattr(pathlib.Path, "read_bytes", failing_read_bytes)
+    report = DataReport()
+    records = read_pascal_sentences(root, report=report)
+    assert {r.image_id for r in records} == {"aeroplane/2008_000716", "cat/2008_000002"}
+    assert [str(p) for p in report.problems] == [f"{unreadable}: cannot read sentence file (Permission denied)"]
+
+
 def test_report_summary_and_json(tmp_path):
     report = DataReport()
     assert len(report) == 0 and "no data problems" in report.summary()

@@ -370,6 +370,17 @@ def test_cli_prints_failures_and_exits_nonzero(server, tmp_path, capsys):
     assert "Traceback" not in err
 
 
+def test_destination_that_cannot_be_a_folder_is_one_error_line(server, tmp_path, capsys):
+    _publish(server, 2)
+    blocker = tmp_path / "pascal"
+    blocker.write_text("a file where the folder should be")
+    code = download_main(["pascal", "--dest", str(blocker), "--url", server.base + PAGE_PATH, "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.startswith("devise-download: error: cannot download") and f"cannot create the folder {blocker}" in err
+    assert "Traceback" not in err and err.count("\n") == 1
+
+
 def test_interrupted_run_resumes_without_corrupt_files(server, tmp_path):
     info = _publish(server, 12)
     # The first 5 image requests are served; every later one sends half its

@@ -17,7 +17,7 @@ import zipfile
 import pytest
 
 from devise.cli.download import main as download_main
-from devise.download import DownloadError, download_file, is_complete
+from devise.download import DownloadError, download_file, fetch_bytes, is_complete
 from devise.embeddings.glove import load_glove_text
 from devise.embeddings.glove_download import GLOVE_VARIANTS, check_glove_zip, download_glove
 from devise.errors import DataFormatError
@@ -265,3 +265,42 @@ def test_cli_glove(server, glove_zip, tmp_path, capsys):
     assert download_main(["glove", "--dest", str(tmp_path / "x"), "--url", url, "--quiet"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and url in err and "Traceback" not in err
+
+
+def test_file_urls_download_and_replace_a_stale_part(tmp_path):
+    # file: responses carry no HTTP status and ignore Range: the whole file
+    # is sent every time, like a 200 to a resume.
+    source = tmp_path / "source.bin"
+    source.write_bytes(b"0123456789" * 1000)
+    dest = tmp_path / "out" / "copy.bin"
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "copy.bin.part").write_bytes(b"stale")
+
+    result = download_file(source.as_uri(), dest)
+
+    assert dest.read_bytes() == source.read_bytes()
+    assert result.size == 10000 and result.resumed_from == 0
+    assert not (tmp_path / "out" / "copy.bin.part").exists()
+    assert fetch_bytes(source.as_uri()) == source.read_bytes()
+
+
+def test_fetch_bytes_gives_up_with_the_attempt_count(server):
+    server.files["/page"] = b"x"
+    server.fail_first["/page"] = 5
+    with pytest.raises(DownloadError, match=r"HTTP 503 Service Unavailable \(gave up after 1 attempt\)$"):
+        fetch_bytes(server.url("/page"), retries=0)
+    with pytest.raises(DownloadError, match=r"\(gave up after 2 attempts\)$"):
+        fetch_bytes(server.url("/page"), retries=1, backoff=0.01)
+
+
+def test_destination_that_cannot_be_a_folder_is_a_clear_error(server, glove_zip, tmp_path, capsys):
+    server.files[ZIP_PATH] = glove_zip
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the folder should be")
+
+    with pytest.raises(DownloadError, match=rf"cannot create the folder {blocker}"):
+        download_glove(blocker, url=server.url(), progress=False)
+    assert download_main(["glove", "--dest", str(blocker), "--url", server.url(), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(blocker) in err and "Traceback" not in err
+    assert server.log == []  # nothing is fetched that could not be saved

@@ -160,6 +160,16 @@ def test_damaged_or_fake_zip_is_a_format_error(tmp_path: Path) -> None:
         load_glove_text(damaged)
 
 
+def test_zip_with_damaged_local_header_is_a_format_error(tmp_path: Path) -> None:
+    # The central directory still lists the member; only opening it fails.
+    good = make_zip(tmp_path / "g.zip", {"g.txt": glove_text([("the", vec(0, 50))])})
+    data = bytearray(good.read_bytes())
+    data[:4] = b"XXXX"  # the member's local header signature
+    good.write_bytes(bytes(data))
+    with pytest.raises(DataFormatError, match=r"g\.zip::g\.txt: cannot be read \(Bad magic number"):
+        load_glove_text(good)
+
+
 # --------------------------------------------------------------------------
 # Cache
 # --------------------------------------------------------------------------

@@ -219,3 +219,23 @@ def test_metrics_by_group_needs_one_group_per_image():
 
     with pytest.raises(ValueError, match="image_groups"):
         metrics_by_group(np.eye(3), np.eye(3), [0, 1, 2], ["a", "b"])
+
+
+@pytest.mark.parametrize("use_keys", [False, True])
+def test_nan_embeddings_score_worst_not_perfect(use_keys):
+    # A diverged model gives NaN scores; every comparison with NaN is false, which used to
+    # leave nothing ranked above a NaN true score: R@1 of 100% (and the "best" epoch kept).
+    owner = np.repeat(np.arange(4), 2)
+    keys = [f"caption {j}" for j in range(8)] if use_keys else None
+    nan_img, nan_txt = np.full((4, 3), np.nan, np.float32), np.full((8, 3), np.nan, np.float32)
+    m = retrieval_metrics(nan_img, nan_txt, owner, caption_keys=keys)
+    assert m["text_to_image"]["R@1"] == m["image_to_text"]["R@1"] == 0.0
+    assert (m["text_to_image"]["queries"], m["image_to_text"]["queries"]) == (8, 4)
+    assert m["text_to_image"]["medr"] == 4.0 and m["image_to_text"]["medr"] == 7.0  # last place
+
+    # One NaN image among perfect ones: only its own queries fail, and it never outranks others.
+    img = np.eye(4, 3 + 1, dtype=np.float32)
+    txt = img[owner].copy()
+    img[2] = np.nan
+    m = retrieval_metrics(img, txt, owner, caption_keys=keys)
+    assert m["text_to_image"]["R@1"] == 75.0 and m["image_to_text"]["R@1"] == 75.0

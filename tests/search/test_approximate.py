@@ -36,6 +36,17 @@ def test_recall_helper_counts_overlap():
     assert recall_against_exact(np.array([[-1, 2, 3]]), np.array([[3, 2, 9]])) == pytest.approx(2 / 3)
 
 
+def _embed(paths):
+    """Stand-in for the model: mean colour as a unit vector (no TensorFlow needed here)."""
+    from PIL import Image
+
+    vecs = []
+    for p in paths:
+        v = np.asarray(Image.open(p), np.float32).reshape(-1, 3).mean(axis=0) + 1.0
+        vecs.append(v / np.linalg.norm(v))
+    return np.stack(vecs), list(range(len(paths))), []
+
+
 def _tiny_index(tmp_path, fingerprint="model-a"):
     from PIL import Image
 
@@ -43,17 +54,8 @@ def _tiny_index(tmp_path, fingerprint="model-a"):
     root.mkdir()
     for i in range(60):
         Image.new("RGB", (8, 8), (i * 4, 255 - i * 4, (i * 37) % 256)).save(root / f"{i:03d}.png")
-
-    def embed(paths):
-        # Stand-in for the model: mean colour as a unit vector (no TensorFlow needed here).
-        vecs = []
-        for p in paths:
-            v = np.asarray(Image.open(p), np.float32).reshape(-1, 3).mean(axis=0) + 1.0
-            vecs.append(v / np.linalg.norm(v))
-        return np.stack(vecs), list(range(len(paths))), []
-
     path = tmp_path / "photos.h5"
-    update_index(path, root, model_fingerprint=fingerprint, run_dir=str(tmp_path), embed=embed, progress=False)
+    update_index(path, root, model_fingerprint=fingerprint, run_dir=str(tmp_path), embed=_embed, progress=False)
     return ImageIndex.open(path)
 
 
@@ -74,3 +76,43 @@ def test_built_from_an_image_index_saves_loads_and_refuses_a_mismatch(tmp_path):
     (tmp_path / "broken.faiss.json").write_text('{"model_fingerprint": "model-a", "size": 60}')
     with pytest.raises(DataFormatError, match="broken.faiss"):
         ApproximateIndex.load(tmp_path / "broken.faiss", image_index=index)
+
+
+@pytest.mark.parametrize("change", ["replace", "edit"])
+def test_reindex_that_keeps_the_count_makes_the_saved_index_stale(tmp_path, change):
+    # Same count, same model: only the rows differ, and FAISS answers with row numbers.
+    from PIL import Image
+
+    index = _tiny_index(tmp_path)
+    ApproximateIndex.build(index, nlist=4, nprobe=4).save(tmp_path / "photos.h5.faiss")
+    root = tmp_path / "photos"
+    if change == "replace":
+        (root / "000.png").unlink()
+        Image.new("RGB", (8, 8), (255, 0, 0)).save(root / "zzz.png")
+    else:
+        Image.new("RGB", (9, 9), (255, 0, 0)).save(root / "030.png")
+    update_index(tmp_path / "photos.h5", root, model_fingerprint="model-a", run_dir=str(tmp_path),
+                 embed=_embed, progress=False)
+    reindexed = ImageIndex.open(tmp_path / "photos.h5")
+    assert len(reindexed) == len(index)
+    with pytest.raises(IndexMismatchError, match="rebuild"):
+        ApproximateIndex.load(tmp_path / "photos.h5.faiss", image_index=reindexed)
+    ApproximateIndex.build(reindexed, nlist=4).save(tmp_path / "photos.h5.faiss")
+    assert ApproximateIndex.load(tmp_path / "photos.h5.faiss", image_index=reindexed).size == 60
+    assert not [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+def test_nprobe_below_one_is_refused_before_faiss_sees_it():
+    ann = ApproximateIndex.build(_clustered_unit_vectors(200, 8), nlist=2)
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="nprobe"):
+            ann.nprobe = bad
+    assert ann.nprobe == 16 and ann.search(np.ones((1, 8), np.float32), 3)[1].shape == (1, 3)
+
+
+def test_metadata_that_is_not_an_object_is_a_format_error(tmp_path):
+    index = _tiny_index(tmp_path)
+    ApproximateIndex.build(index, nlist=4).save(tmp_path / "photos.h5.faiss")
+    (tmp_path / "photos.h5.faiss.json").write_text("[1, 2]")
+    with pytest.raises(DataFormatError, match="--rebuild-approximate"):
+        ApproximateIndex.load(tmp_path / "photos.h5.faiss", image_index=index)

@@ -15,6 +15,7 @@ from devise.search.index import (
     ImageFile,
     ImageIndex,
     IndexMismatchError,
+    IndexWriteError,
     UpdateReport,
     exact_search,
     scan_images,
@@ -482,3 +483,15 @@ def test_files_that_are_not_an_index_are_refused_by_name(tmp_path, photos):
         with pytest.raises(DataFormatError, match=path.name):
             update(path, photos, FakeEmbed())
         assert path.read_bytes() == before
+
+
+def test_unwritable_index_path_is_one_clear_error(tmp_path, photos):
+    # A file where the index's folder should be: makedirs fails even for root.
+    (tmp_path / "not-a-folder").write_text("x")
+    index_path = tmp_path / "not-a-folder" / "index.h5"
+    with pytest.raises(IndexWriteError) as caught:
+        update(index_path, photos, FakeEmbed())
+    assert isinstance(caught.value, DeviseError) and isinstance(caught.value, OSError)
+    message = str(caught.value)
+    assert str(index_path) in message and "cannot write" in message and "\n" not in message
+    assert leftovers(tmp_path) == []

@@ -73,6 +73,25 @@ def test_approximate_search_agrees_with_exact_on_a_small_index(indexed, capsys):
 
 
 @pytest.mark.slow
+def test_damaged_approximate_index_is_reported_and_rebuilt_on_request(indexed, capsys):
+    pytest.importorskip("faiss")
+    run, out, config, folder = indexed
+    query = "a green square"
+    assert search_cli.main(["--index", str(out), "--json", "-k", "5", query]) == 0
+    exact = [r["id"] for r in json.loads(capsys.readouterr().out)["results"]]
+    faiss_file = out.parent / (out.name + ".faiss")
+    assert search_cli.main(["--index", str(out), "--approximate", query]) == 0
+    capsys.readouterr()
+    faiss_file.write_bytes(b"damaged")
+    assert search_cli.main(["--index", str(out), "--approximate", query]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--rebuild-approximate" in err
+    argv = ["--index", str(out), "--json", "-k", "5", "--approximate", "--nprobe", "64", "--rebuild-approximate"]
+    assert search_cli.main([*argv, query]) == 0
+    assert [r["id"] for r in json.loads(capsys.readouterr().out)["results"]] == exact
+
+
+@pytest.mark.slow
 def test_reindex_is_incremental_and_index_of_another_model_is_refused(indexed, tmp_path, capsys):
     run, out, config, folder = indexed
     images = str(folder)

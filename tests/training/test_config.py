@@ -114,3 +114,46 @@ def test_saved_yaml_is_plain(tmp_path):
     save_config(ExperimentConfig(), tmp_path / "c.yaml")
     data = yaml.safe_load((tmp_path / "c.yaml").read_text())
     assert data["trainer"]["epochs"] == ExperimentConfig().trainer.epochs
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("trainer.batch_size=0", "trainer.batch_size: must be >= 1, got 0"),
+        ("trainer.epochs=-1", "trainer.epochs: must be >= 0"),
+        ("trainer.learning_rate=0", "trainer.learning_rate: must be > 0.0"),
+        ("trainer.clip_norm=-2", "trainer.clip_norm: must be > 0.0"),
+        ("trainer.seed=-1", "trainer.seed: must be >= 0"),
+        ("loss.margin=-0.1", "loss.margin: must be >= 0.0"),
+        ("model.text_dropout=1.5", "model.text_dropout: must be < 1.0"),
+        ("model.joint_dim=0", "model.joint_dim: must be >= 1"),
+        ("image_encoder.batch_size=0", "image_encoder.batch_size: must be >= 1"),
+        ("data.split.train=-1", "data.split.train: must be >= 0"),
+        ("data.max_caption_length=0", "data.max_caption_length: must be >= 1"),
+        ("data.shapes.image_size=8", "data.shapes.image_size: must be >= 32"),
+        ("word_vectors.dim=0", "word_vectors.dim: must be >= 1"),
+    ],
+)
+def test_numbers_outside_their_range_are_refused_with_the_key(override, fragment):
+    # These used to pass --check and then fail with a Keras/TensorFlow traceback mid-run.
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert fragment in str(err.value)
+
+
+def test_range_edges_and_null_optionals_are_accepted():
+    config = load_config(
+        None, ["trainer.epochs=0", "loss.margin=0", "model.text_dropout=0.5", "trainer.clip_norm=null", "word_vectors.dim=null"]
+    )
+    assert (config.trainer.epochs, config.loss.margin, config.trainer.clip_norm) == (0, 0.0, None)
+
+
+def test_saved_files_leave_no_temporary_file_behind(tmp_path):
+    from devise.training.run_directory import write_json
+
+    save_config(ExperimentConfig(), tmp_path / "c.yaml")
+    write_json(tmp_path / "m.json", {"ok": 1})
+    with pytest.raises(TypeError):
+        write_json(tmp_path / "m.json", {"bad": object()})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml", "m.json"]
+    assert (tmp_path / "m.json").read_text() == '{\n  "ok": 1\n}\n'

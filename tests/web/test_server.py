@@ -252,3 +252,26 @@ def test_devise_imports_without_the_serve_extra():
     assert result.returncode == 0, result.stderr
     assert "devise-serve needs the 'fastapi' package" in result.stdout
     assert "devise[serve]" in result.stdout
+
+
+class _FaultyEngine:
+    """An engine whose search fails the way a bug or a broken disk would (not a DeviseError)."""
+
+    run_dir = None
+
+    def __init__(self, image_path: str):
+        self.index = type(
+            "Index", (), {"paths": [image_path], "ids": ["a.png"], "__len__": lambda self: 1, "row_of": lambda s, i: 0}
+        )()
+
+    def search(self, query, k):
+        raise RuntimeError("secret detail at /home/someone/.config/devise")
+
+
+def test_a_server_fault_is_a_json_500_without_details(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"x")
+    app = create_app(_FaultyEngine(str(tmp_path / "a.png")), captions=["a red circle"])
+    with BackgroundServer(app, host="127.0.0.1", port=0, log_level="critical") as running:
+        status, body = get_json(running, search_path("red"))
+        assert status == 500 and body == {"error": "internal server error"}
+        assert_still_serving(running)

@@ -14,31 +14,26 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from devise.cli.common import console_entry, run_command
 
 PROG = "devise-download"
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _whole_number(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type`` accepting whole numbers of at least ``minimum``."""
 
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+    return parse
 
 
 def _seconds(text: str) -> float:
@@ -64,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--dest", required=True, help="folder to download into")
-        sub.add_argument("--retries", type=_count, default=3, help="extra attempts per file (default 3)")
+        sub.add_argument("--retries", type=_whole_number(0), default=3, help="extra attempts per file (default 3)")
         sub.add_argument(
             "--timeout", type=_seconds, default=30.0, help="seconds per connection and read (default 30)"
         )
@@ -78,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common(pascal)
     pascal.add_argument("--url", default=PASCAL_URL, help=f"page listing the images (default {PASCAL_URL})")
-    pascal.add_argument("--workers", type=_positive_int, default=8, help="parallel downloads (default 8)")
+    pascal.add_argument("--workers", type=_whole_number(1), default=8, help="parallel downloads (default 8)")
 
     glove = commands.add_parser(
         "glove",

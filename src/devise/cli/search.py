@@ -4,6 +4,7 @@ Usage::
 
     devise-search --index pictures.h5 "a dog drinking water" -k 10
     devise-search --index pictures.h5 "two red circles" --json
+    devise-search --index pictures.h5 "a red circle" --approximate [--nprobe 32] [--rebuild-approximate]
     devise-search --run RUN --image photo.jpg --captions captions.txt -k 5
     devise-search --run RUN --image photo.jpg            # candidates: the run's dataset captions
 """
@@ -41,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="search a FAISS index (pip install 'devise[ann]'), built next to the index on first use",
     )
     parser.add_argument("--nprobe", type=int, default=16, help="FAISS clusters scanned per query (default 16)")
+    parser.add_argument(
+        "--rebuild-approximate",
+        action="store_true",
+        help="with --approximate: rebuild the FAISS index even if the one on disk looks valid",
+    )
     return parser
 
 
@@ -50,6 +56,8 @@ def _read_captions(path: str) -> list[str]:
             captions = [line.strip() for line in f if line.strip()]
     except FileNotFoundError:
         raise DeviseError(f"{path}: captions file not found") from None
+    except OSError as exc:  # a folder, no permission, ...
+        raise DeviseError(f"{path}: cannot read the captions file ({exc.strerror or exc})") from None
     except UnicodeDecodeError as exc:
         raise DeviseError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     if not captions:
@@ -57,22 +65,15 @@ def _read_captions(path: str) -> list[str]:
     return captions
 
 
-def _dataset_captions(run_dir: str) -> list[str]:
-    import os
-
-    from devise.datasets.report import DataReport
-    from devise.training.config import load_config
-    from devise.training.trainer import Trainer
-
-    trainer = Trainer(load_config(os.path.join(run_dir, "config.yaml")), verbose=False)
-    return [r.caption for r in trainer.load_records(DataReport())]
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.k < 1 or args.k > 10_000:
         parser.error("-k must be between 1 and 10000")
+    if args.nprobe < 1:
+        parser.error("--nprobe must be at least 1")
+    if args.rebuild_approximate and not args.approximate:
+        parser.error("--rebuild-approximate goes with --approximate")
     if args.image is None and (args.query is None or args.index is None):
         parser.error("give a text query and --index, or --image (with --run or --index)")
     if args.image is not None and args.run is None and args.index is None:
@@ -80,11 +81,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_tensorflow()
 
     def body() -> int:
-        from devise.search.engine import SearchEngine
+        from devise.search.engine import SearchEngine, run_captions
 
+        # Before the (slow) model load, so a bad file is reported at once.
+        captions = _read_captions(args.captions) if args.image is not None and args.captions else None
         engine = SearchEngine.load(args.run, args.index)
         if args.image is not None:
-            captions = _read_captions(args.captions) if args.captions else _dataset_captions(engine.run_dir)
+            if captions is None:
+                captions = run_captions(engine.run_dir)
             hits = engine.annotate(args.image, captions, k=args.k)
             if args.json:
                 print(json.dumps({"image": args.image, "results": [h.to_dict() for h in hits]}, indent=2))
@@ -93,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"{hit.rank:>3}  {hit.score:+.3f}  {hit.caption}")
             return 0
         if args.approximate:
-            engine.use_approximate(nprobe=args.nprobe)
+            engine.use_approximate(nprobe=args.nprobe, rebuild=args.rebuild_approximate)
         hits = engine.search(args.query, k=args.k)
         if args.json:
             print(json.dumps({"query": args.query, "results": [h.to_dict() for h in hits]}, indent=2))

@@ -60,11 +60,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_tensorflow()
 
     def body() -> int:
-        from devise.web.app import create_app, require_serve
+        from devise.errors import require
 
-        require_serve("fastapi")
-        uvicorn = require_serve("uvicorn")
+        # Before the (slow) model load, so a missing extra is reported at once.
+        require("fastapi", "serve", PROG)
+        uvicorn = require("uvicorn", "serve", PROG)
         from devise.search.engine import SearchEngine
+        from devise.web.app import create_app
 
         captions = None
         if args.captions:

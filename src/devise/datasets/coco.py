@@ -21,12 +21,12 @@ import pathlib
 from typing import Any
 
 from devise.datasets._reading import load_json, problem_recorder
-from devise.datasets.records import CaptionRecord
+from devise.datasets.records import SPLIT_NAMES, CaptionRecord
 from devise.datasets.report import DataReport
 from devise.errors import DataFormatError
 
 #: Split names a caller may assign.
-COCO_SPLITS: tuple[str, ...] = ("train", "val", "test")
+COCO_SPLITS: tuple[str, ...] = SPLIT_NAMES
 
 _HOW_TO_GET = (
     "set data.annotations to a captions_<split>.json file from the COCO annotations "

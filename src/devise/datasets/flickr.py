@@ -20,7 +20,7 @@ import types
 from collections.abc import Mapping
 
 from devise.datasets._reading import decoded_lines, problem_recorder, require_file
-from devise.datasets.records import CaptionRecord
+from devise.datasets.records import SPLIT_NAMES, CaptionRecord
 from devise.datasets.report import DataReport
 
 #: Split -> the Flickr8k split file that lists its images ("dev" is val).
@@ -32,7 +32,6 @@ FLICKR8K_SPLIT_FILES: Mapping[str, str] = types.MappingProxyType(
     }
 )
 
-_SPLIT_NAMES = ("train", "val", "test")
 # "<image file>#<caption number>"; the file name itself may contain "#".
 _KEY = re.compile(r"(?P<image>.+)#(?P<number>\d+)")
 _HOW_TO_GET = (
@@ -82,9 +81,9 @@ def read_flickr_tokens(
     """
     path = pathlib.Path(path)
     if splits is not None:
-        unknown = sorted(set(splits) - set(_SPLIT_NAMES))
+        unknown = sorted(set(splits) - set(SPLIT_NAMES))
         if unknown:
-            raise ValueError(f"splits keys must be among {', '.join(_SPLIT_NAMES)}, got {unknown}")
+            raise ValueError(f"splits keys must be among {', '.join(SPLIT_NAMES)}, got {unknown}")
     require_file(path, f"Flickr token file {path} does not exist; {_HOW_TO_GET}")
     if report is None:
         report = DataReport(strict=strict)
@@ -138,7 +137,7 @@ def _read_split_files(
 ) -> dict[str, tuple[str, pathlib.Path, int]]:
     """Map image file name -> (split, split file, line) over every split file."""
     listed: dict[str, tuple[str, pathlib.Path, int]] = {}
-    for split in _SPLIT_NAMES:
+    for split in SPLIT_NAMES:
         if split not in splits:
             continue
         split_path = pathlib.Path(splits[split])

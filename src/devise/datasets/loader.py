@@ -22,16 +22,13 @@ from devise.datasets.flickr import FLICKR8K_SPLIT_FILES, read_flickr_tokens
 from devise.datasets.karpathy import read_karpathy_json
 from devise.datasets.manifest import read_manifest
 from devise.datasets.pascal import read_pascal_sentences
-from devise.datasets.records import CaptionRecord
+from devise.datasets.records import SPLIT_NAMES, CaptionRecord
 from devise.datasets.report import DataReport
 from devise.datasets.splits import assert_disjoint
 from devise.errors import ConfigError, DeviseError, MissingResourcesError
 
 #: Values of ``data.format``, in the order the docs list them.
 DATASET_FORMATS: tuple[str, ...] = ("pascal", "karpathy", "flickr_tokens", "coco", "manifest")
-
-#: Splits a dataset file may assign, in the order :func:`splits_from_records` returns them.
-SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
 
 # Which load_caption_dataset arguments each format needs, and what the
 # annotations file is, for the error message when one is missing.

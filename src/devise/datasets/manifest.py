@@ -24,14 +24,13 @@ from collections.abc import Iterator
 from typing import Any
 
 from devise.datasets._reading import decoded_lines, problem_recorder, require_file
-from devise.datasets.records import CaptionRecord
+from devise.datasets.records import SPLIT_NAMES, CaptionRecord
 from devise.datasets.report import DataReport
 from devise.errors import DataFormatError
 
 #: Every field a manifest item may have; the first two are required.
 MANIFEST_FIELDS: tuple[str, ...] = ("image", "caption", "category", "split", "image_id")
 REQUIRED_FIELDS: tuple[str, ...] = ("image", "caption")
-SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
 JSON_LINES_EXTENSIONS: frozenset[str] = frozenset({".jsonl", ".json-lines", ".ndjson"})
 DELIMITERS: dict[str, str] = {".csv": ",", ".tsv": "\t"}
 

@@ -16,11 +16,12 @@ import dataclasses
 import io
 import os
 import pathlib
-from collections.abc import Callable, Iterable, Sequence
+import re
+from collections.abc import Iterable, Sequence
 
 from PIL import Image
 
-from devise.datasets._reading import problem_recorder
+from devise.datasets._reading import ProblemRecorder, problem_recorder
 from devise.datasets.records import CaptionRecord
 from devise.datasets.report import DataReport
 from devise.errors import MissingResourcesError
@@ -54,8 +55,7 @@ SENTENCE_DIR = "sentence"
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png"})
 SENTENCE_EXTENSION = ".txt"
 
-# (path, reason, line=None): records a problem or raises, per strictness.
-_ProblemRecorder = Callable[..., None]
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 _EXPECTED_LAYOUT = (
     f"{IMAGE_DIR}/<category>/<stem>.jpg and {SENTENCE_DIR}/<category>/<stem>.txt "
@@ -219,7 +219,7 @@ def _subdirectories(folder: pathlib.Path) -> list[str]:
 
 
 def _files_by_stem(
-    folder: pathlib.Path, extensions: frozenset[str], record_problem: _ProblemRecorder
+    folder: pathlib.Path, extensions: frozenset[str], record_problem: ProblemRecorder
 ) -> dict[str, pathlib.Path]:
     """Map stem -> file for the files in ``folder`` with one of ``extensions``."""
     if not folder.is_dir():
@@ -238,9 +238,13 @@ def _files_by_stem(
     return by_stem
 
 
-def _read_captions(path: pathlib.Path, record_problem: _ProblemRecorder) -> list[str] | None:
+def _read_captions(path: pathlib.Path, record_problem: ProblemRecorder) -> list[str] | None:
     """Non-blank stripped lines of a sentence file, or None after reporting why not."""
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        record_problem(path, f"cannot read sentence file ({exc.strerror or exc})")
+        return None
     try:
         # utf-8-sig: a BOM left by some editors is not part of the first caption.
         text = raw.decode("utf-8-sig")
@@ -248,7 +252,9 @@ def _read_captions(path: pathlib.Path, record_problem: _ProblemRecorder) -> list
         line = raw[: exc.start].count(b"\n") + 1
         record_problem(path, f"not valid UTF-8 (byte 0x{raw[exc.start]:02x})", line)
         return None
-    captions = [line.strip() for line in text.splitlines()]
+    # Only \n, \r\n and \r end a caption (what write_pascal_layout refuses);
+    # str.splitlines would also split on U+2028, form feeds and the like.
+    captions = [line.strip() for line in _LINE_BREAK.split(text)]
     captions = [caption for caption in captions if caption]
     if not captions:
         record_problem(path, "sentence file has no captions")

@@ -38,7 +38,14 @@ from devise.datasets.pascal import (
     SENTENCE_DIR,
     SENTENCE_EXTENSION,
 )
-from devise.download import DownloadError, download_file, fetch_bytes, file_sha256, is_complete
+from devise.download import (
+    DownloadError,
+    download_file,
+    fetch_bytes,
+    file_sha256,
+    is_complete,
+    make_folder,
+)
 from devise.progress import ProgressBar
 
 MANIFEST_NAME = "manifest.json"
@@ -301,12 +308,13 @@ def download_pascal(
         every listed image is in place.
 
     Raises:
-        DownloadError: the page itself cannot be fetched or lists no images.
+        DownloadError: ``dest`` cannot be created, or the page itself cannot
+            be fetched or lists no images.
         KeyboardInterrupt: re-raised after in-flight downloads stopped; only
             ``.part`` files are left incomplete and the manifest is written.
     """
     dest_path = pathlib.Path(dest)
-    dest_path.mkdir(parents=True, exist_ok=True)
+    make_folder(dest_path, url)
     page = fetch_bytes(url, retries=retries, timeout=timeout, backoff=backoff)
     entries = parse_pascal_page(_decode_page(page), url)
     if not entries:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Sequence
 
+#: The splits a dataset file may assign a record to, in listing order.
+SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
+
 
 @dataclasses.dataclass(frozen=True)
 class CaptionRecord:

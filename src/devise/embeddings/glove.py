@@ -577,7 +577,8 @@ def _open_source(path: Path, member: str | None, dim: int | None):
         name = _pick_member(path, names, member, dim)
         try:
             raw = zf.open(name)
-        except (RuntimeError, NotImplementedError) as exc:  # encrypted, unknown compression
+        # Encrypted, unknown compression, or a damaged local header.
+        except (RuntimeError, NotImplementedError, zipfile.BadZipFile) as exc:
             raise DataFormatError(f"{path}{MEMBER_SEPARATOR}{name}: cannot be read ({exc})") from exc
         # ZipExtFile's own readline is pure Python; a C BufferedReader on top is much faster.
         with io.BufferedReader(raw, buffer_size=1 << 20) as handle:

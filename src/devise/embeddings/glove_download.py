@@ -157,12 +157,11 @@ def download_glove(
 
     Raises:
         ConfigError: unknown variant.
-        DownloadError: the download failed or the archive is not valid.
+        DownloadError: ``dest`` cannot be created, the download failed or
+            the archive is not valid.
     """
     spec = glove_variant(variant)
-    folder = pathlib.Path(dest)
-    folder.mkdir(parents=True, exist_ok=True)
-    zip_path = folder / spec.zip_name
+    zip_path = pathlib.Path(dest) / spec.zip_name
     members = spec.members()
 
     def validate(path: str) -> None:

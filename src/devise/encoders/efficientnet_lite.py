@@ -180,8 +180,9 @@ def load_efficientnet_lite0_weights(model: keras.Model, path: str | os.PathLike)
         used.add(key)
         return value.astype(np.float32)
 
+    weight_map = _weight_map(model)
     assignments = []
-    for prefix, layer_name, kind in _weight_map(model):
+    for prefix, layer_name, kind in weight_map:
         layer = model.get_layer(layer_name)
         if kind == "conv":
             kh, kw, c_in, c_out = layer.kernel.shape
@@ -205,7 +206,7 @@ def load_efficientnet_lite0_weights(model: keras.Model, path: str | os.PathLike)
             assignments.append((layer.kernel, take(f"{prefix}.weight", (n_out, n_in)).T))
             assignments.append((layer.bias, take(f"{prefix}.bias", (n_out,))))
 
-    has_top = any(kind == "dense" for _p, _l, kind in _weight_map(model))
+    has_top = any(kind == "dense" for _p, _l, kind in weight_map)
     unexpected = [
         k
         for k in state
@@ -347,20 +348,7 @@ class EfficientNetLite0FeatureExtractor(FeatureExtractor):
 
     def classify(self, images: np.ndarray) -> np.ndarray:
         """ImageNet logits ``(N, 1000)`` for RGB images ``(N, 224, 224, 3)`` in [0, 255]."""
-        images = np.asarray(images)
-        if images.ndim != 4 or tuple(images.shape[1:]) != (*self.input_size, 3):
-            raise ValueError(f"classify expects images of shape (N, 224, 224, 3), got {images.shape}")
+        images = self._check_images(images)
         if self._classify_forward is None:
-            import tensorflow as tf
-
-            model = self.classifier
-            self._classify_forward = tf.function(
-                lambda x: model(x, training=False),
-                input_signature=[tf.TensorSpec([None, *self.input_size, 3], tf.float32)],
-            )
-        out = np.empty((len(images), NUM_CLASSES), np.float32)
-        with self._placement():
-            for start in range(0, len(images), self.batch_size):
-                batch = images[start : start + self.batch_size].astype(np.float32)
-                out[start : start + len(batch)] = self._classify_forward(batch).numpy()
-        return out
+            self._classify_forward = self._trace(self.classifier)
+        return self._run_batched(self._classify_forward, images, NUM_CLASSES)

@@ -93,19 +93,35 @@ class FeatureExtractor(abc.ABC):
 
         return tf.device(self.device)
 
-    def _compiled_forward(self):
-        if self._forward is None:
-            import tensorflow as tf
+    def _trace(self, model):
+        """``model`` as one traced function for batches of any size at :attr:`input_size`."""
+        import tensorflow as tf
 
-            model = self.model
-            h, w = self.input_size
-            # One traced graph for every batch: several times faster on CPU
-            # than calling model.predict per batch (see docs/architecture.md).
-            self._forward = tf.function(
-                lambda x: model(x, training=False),
-                input_signature=[tf.TensorSpec([None, h, w, 3], tf.float32)],
+        h, w = self.input_size
+        # One traced graph for every batch: several times faster on CPU
+        # than calling model.predict per batch (see docs/architecture.md).
+        return tf.function(
+            lambda x: model(x, training=False),
+            input_signature=[tf.TensorSpec([None, h, w, 3], tf.float32)],
+        )
+
+    def _check_images(self, images) -> np.ndarray:
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[-1] != 3 or tuple(images.shape[1:3]) != tuple(self.input_size):
+            raise ValueError(
+                f"{type(self).__name__} expects images of shape (N, {self.input_size[0]}, "
+                f"{self.input_size[1]}, 3), got {images.shape}"
             )
-        return self._forward
+        return images
+
+    def _run_batched(self, forward, images: np.ndarray, width: int) -> np.ndarray:
+        """``forward`` over checked ``images`` in batches of :attr:`batch_size`, as ``float32 (N, width)``."""
+        out = np.empty((len(images), width), np.float32)
+        with self._placement():
+            for start in range(0, len(images), self.batch_size):
+                batch = images[start : start + self.batch_size].astype(np.float32)
+                out[start : start + len(batch)] = forward(batch).numpy()
+        return out
 
     def extract(self, images: np.ndarray) -> np.ndarray:
         """Features of a batch of RGB images.
@@ -114,19 +130,10 @@ class FeatureExtractor(abc.ABC):
             images: ``(N, H, W, 3)`` array (``uint8`` or float in [0, 255])
                 already at :attr:`input_size`.
         """
-        images = np.asarray(images)
-        if images.ndim != 4 or images.shape[-1] != 3 or tuple(images.shape[1:3]) != tuple(self.input_size):
-            raise ValueError(
-                f"{type(self).__name__} expects images of shape (N, {self.input_size[0]}, "
-                f"{self.input_size[1]}, 3), got {images.shape}"
-            )
-        forward = self._compiled_forward()
-        out = np.empty((len(images), self.output_dim), np.float32)
-        with self._placement():
-            for start in range(0, len(images), self.batch_size):
-                batch = images[start : start + self.batch_size].astype(np.float32)
-                out[start : start + len(batch)] = forward(batch).numpy()
-        return out
+        images = self._check_images(images)  # before building the model: a shape error is cheap
+        if self._forward is None:
+            self._forward = self._trace(self.model)
+        return self._run_batched(self._forward, images, self.output_dim)
 
     def extract_files(
         self,

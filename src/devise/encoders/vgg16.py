@@ -132,8 +132,8 @@ class VGG16FeatureExtractor(FeatureExtractor):
         if problem:
             raise MissingResourcesError([problem])
         weights = self.weights
-        if weights == "imagenet" and cached_vgg16_weights():
-            weights = cached_vgg16_weights()
+        if weights == "imagenet":
+            weights = cached_vgg16_weights() or weights
         try:
             vgg = keras.applications.VGG16(include_top=True, weights=weights)
         except (OSError, ValueError) as exc:

@@ -8,7 +8,8 @@ Convention (the VSE line of work, see docs/architecture.md):
   of other images that score at least as high as its best caption.
 
 Ties count against the query, so a collapsed model (all scores equal)
-scores zero instead of perfectly. ``R@K`` is the percentage of queries
+scores zero instead of perfectly. A NaN score (a diverged model) ranks
+below every number, so NaN embeddings score zero too. ``R@K`` is the percentage of queries
 with rank ``< K`` (0-based); ``medr`` and ``meanr`` are 1-based.
 
 Identical captions (``caption_keys``)
@@ -62,6 +63,18 @@ def _check(image_embeddings, text_embeddings, text_to_image):
     return img, txt, owner
 
 
+def _scores(queries: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """``[query, candidate]`` dot products, NaN replaced by ``-inf``.
+
+    Every comparison with NaN is false, so without this a NaN true score
+    would have nothing ranked above it and a diverged model would score
+    perfectly (and be kept as the best epoch).
+    """
+    scores = queries @ candidates.T
+    scores[np.isnan(scores)] = -np.inf
+    return scores
+
+
 def _key_ids(caption_keys: Sequence[Hashable], n_captions: int) -> np.ndarray:
     """Dense integer id of each caption's key (equal keys, equal ids)."""
     keys = list(caption_keys)
@@ -88,7 +101,7 @@ def text_to_image_ranks(
     ranks = np.empty(len(txt), np.int64)
     if caption_keys is None:
         for start in range(0, len(txt), block):
-            scores = txt[start : start + block] @ img.T  # [caption, image]
+            scores = _scores(txt[start : start + block], img)  # [caption, image]
             rows = np.arange(len(scores))
             true = scores[rows, owner[start : start + block]]
             # ">=" counts the true image itself once; remove it.
@@ -97,7 +110,7 @@ def text_to_image_ranks(
     key = _key_ids(caption_keys, len(txt))
     for start in range(0, len(txt), block):
         stop = min(start + block, len(txt))
-        scores = txt[start:stop] @ img.T  # [caption, image]
+        scores = _scores(txt[start:stop], img)  # [caption, image]
         # Which images own each key of this block: [distinct key, image].
         block_keys, inverse = np.unique(key[start:stop], return_inverse=True)
         sharing = np.isin(key, block_keys)
@@ -129,7 +142,7 @@ def image_to_text_ranks(
     n_keys = int(key.max()) + 1 if key is not None and len(key) else 0
     ranks = np.full(len(img), -1, np.int64)
     for start in range(0, len(img), block):
-        scores = img[start : start + block] @ txt.T  # [image, caption]
+        scores = _scores(img[start : start + block], txt)  # [image, caption]
         stop = start + len(scores)
         own = owner[None, :] == np.arange(start, stop)[:, None]
         has_caption = own.any(axis=1)

@@ -5,6 +5,7 @@ from devise.search.index import (
     ImageFile,
     ImageIndex,
     IndexMismatchError,
+    IndexWriteError,
     UpdateReport,
     exact_search,
     scan_images,
@@ -22,6 +23,7 @@ def __getattr__(name: str):
         return getattr(engine, name)
     raise AttributeError(f"module 'devise.search' has no attribute {name!r}")
 
+
 __all__ = [
     "CaptionHit",
     "SearchEngine",
@@ -30,6 +32,7 @@ __all__ = [
     "ImageFile",
     "ImageIndex",
     "IndexMismatchError",
+    "IndexWriteError",
     "UpdateReport",
     "exact_search",
     "scan_images",

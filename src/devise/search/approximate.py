@@ -8,6 +8,7 @@ price is recall: :func:`recall_against_exact` measures it, and
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -29,7 +30,9 @@ class ApproximateIndex:
         faiss_index: the trained, filled FAISS index.
         model_fingerprint: fingerprint of the model whose embeddings it holds.
         size: number of vectors (must equal the image index's length).
-        nprobe: clusters scanned per query (more = better recall, slower).
+        nprobe: clusters scanned per query (more = better recall, slower), at least 1.
+        rows_digest: :func:`rows_digest` of the image index it was built from
+            (empty when built from an array).
 
     Example:
     ```python
@@ -39,11 +42,14 @@ class ApproximateIndex:
     ```
     """
 
-    def __init__(self, faiss_index, model_fingerprint: str, size: int, nprobe: int = 16):
+    def __init__(
+        self, faiss_index, model_fingerprint: str, size: int, nprobe: int = 16, rows_digest: str = ""
+    ):
         self.faiss_index = faiss_index
         self.model_fingerprint = model_fingerprint
         self.size = size
         self.nprobe = nprobe
+        self.rows_digest = rows_digest
 
     @property
     def nprobe(self) -> int:
@@ -51,6 +57,10 @@ class ApproximateIndex:
 
     @nprobe.setter
     def nprobe(self, value: int) -> None:
+        # FAISS would take 0 and fail at the first search, and a negative
+        # value with an OverflowError from its bindings.
+        if int(value) < 1:
+            raise ValueError(f"nprobe must be >= 1, got {value}")
         self._nprobe = int(value)
         self.faiss_index.nprobe = self._nprobe
 
@@ -71,9 +81,11 @@ class ApproximateIndex:
         ``nlist`` defaults to about ``4 * sqrt(N)`` clusters.
         """
         faiss = _faiss()
+        digest = ""
         if isinstance(source, ImageIndex):
             n, dim = len(source), source.dim
             model_fingerprint = source.model_fingerprint if model_fingerprint is None else model_fingerprint
+            digest = rows_digest(source)
             blocks = source.iter_blocks(block_rows)
         else:
             source = np.ascontiguousarray(source, dtype=np.float32)
@@ -92,7 +104,7 @@ class ApproximateIndex:
         index.train(np.ascontiguousarray(sample, dtype=np.float32))
         for _, block in blocks:
             index.add(np.ascontiguousarray(block, dtype=np.float32))
-        return cls(index, model_fingerprint or "", n, nprobe)
+        return cls(index, model_fingerprint or "", n, nprobe, digest)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """``(scores, rows)`` of the approximately best ``k`` per query, best first.
@@ -106,16 +118,28 @@ class ApproximateIndex:
         return scores, rows
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write ``path`` (FAISS) and ``path.json`` (fingerprint), each atomically."""
+        """Write ``path`` (FAISS) and ``path.json`` (fingerprint, size, rows digest), each atomically."""
         faiss = _faiss()
         path = os.fspath(path)
         tmp = f"{path}.tmp-{os.getpid()}"
-        faiss.write_index(self.faiss_index, tmp)
-        os.replace(tmp, path)
-        meta = {"model_fingerprint": self.model_fingerprint, "size": self.size, "nprobe": self.nprobe}
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(meta, f)
-        os.replace(tmp, path + ".json")
+        meta = {
+            "model_fingerprint": self.model_fingerprint,
+            "size": self.size,
+            "nprobe": self.nprobe,
+            "rows_digest": self.rows_digest,
+        }
+        # Metadata goes last: old metadata only matches the image index if the
+        # old FAISS file was built from its current rows too, so a crash
+        # between the two renames never pairs a FAISS file with other rows.
+        try:
+            faiss.write_index(self.faiss_index, tmp)
+            os.replace(tmp, path)
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(meta, f)
+            os.replace(tmp, path + ".json")
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, image_index: ImageIndex) -> "ApproximateIndex":
@@ -126,8 +150,13 @@ class ApproximateIndex:
             with open(path + ".json", encoding="utf-8") as f:
                 meta = json.load(f)
             faiss_index = faiss.read_index(path)
+            if not isinstance(meta, dict):
+                raise ValueError(f"{path}.json is not a JSON object")
         except (OSError, ValueError, RuntimeError) as exc:
-            raise DataFormatError(f"{path}: cannot read approximate index ({exc})") from None
+            raise DataFormatError(
+                f"{path}: cannot read approximate index ({exc}); "
+                "rebuild it (devise-search --approximate --rebuild-approximate)"
+            ) from None
         if meta.get("model_fingerprint") != image_index.model_fingerprint:
             raise IndexMismatchError(
                 f"{path}: approximate index was built by another model than {image_index.path}; "
@@ -138,7 +167,40 @@ class ApproximateIndex:
                 f"{path}: approximate index holds {meta.get('size')} vectors but {image_index.path} "
                 f"holds {len(image_index)}; rebuild it after re-indexing"
             )
-        return cls(faiss_index, meta["model_fingerprint"], meta["size"], meta.get("nprobe", 16))
+        if meta.get("rows_digest") != rows_digest(image_index):
+            raise IndexMismatchError(
+                f"{path}: approximate index was built from other rows than {image_index.path} holds now "
+                "(images were replaced or changed since); rebuild it after re-indexing"
+            )
+        return cls(
+            faiss_index, meta["model_fingerprint"], meta["size"], meta.get("nprobe", 16), meta["rows_digest"]
+        )
+
+
+def rows_digest(image_index: ImageIndex) -> str:
+    """A hash of what each row of an image index holds: its id and the file stats it was embedded at.
+
+    A FAISS index answers with row numbers, so it is only valid for the rows
+    it was built from. Re-indexing can keep the row count (a photo replaced,
+    or edited in place) while the rows change; the digest still differs.
+
+    Args:
+        image_index: the opened index.
+
+    Returns:
+        A sha256 hex digest.
+
+    Example:
+    ```python
+    rows_digest(ImageIndex.open("photos.h5"))  # '3f5a...'
+    ```
+    """
+    digest = hashlib.sha256()
+    # NUL cannot occur in a file name, so the joined ids are unambiguous.
+    digest.update("\0".join(image_index.ids).encode("utf-8"))
+    digest.update(np.ascontiguousarray(image_index.mtime_ns, np.int64).tobytes())
+    digest.update(np.ascontiguousarray(image_index.sizes, np.int64).tobytes())
+    return digest.hexdigest()
 
 
 def recall_against_exact(approx_rows: np.ndarray, exact_rows: np.ndarray) -> float:

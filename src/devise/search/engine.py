@@ -5,13 +5,17 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from devise.encoders.feature_extractor import FeatureExtractor
 from devise.errors import DeviseError
 from devise.model import DeViSEModel
-from devise.search.index import ImageIndex, UpdateReport, exact_search, update_index
+from devise.search.index import ImageIndex, IndexMismatchError, UpdateReport, exact_search, update_index
+
+if TYPE_CHECKING:  # pragma: no cover
+    from devise.search.approximate import ApproximateIndex
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +81,9 @@ class SearchEngine:
         self.fingerprint = model.fingerprint()
         self.index = None
         self.approximate = None
+        # (captions, their embeddings) of the last annotate call: callers
+        # (the web app) annotate image after image against the same list.
+        self._caption_vectors: tuple[list[str], np.ndarray] | None = None
         if index is not None:
             self.use_index(index)
 
@@ -93,6 +100,12 @@ class SearchEngine:
         if run_dir is None:
             if opened is None:
                 raise DeviseError("SearchEngine.load needs a run directory or an index that names one")
+            if not opened.run_dir:
+                # An empty run_dir would resolve to the current folder.
+                raise DeviseError(
+                    f"{opened.path}: the index does not record the run that built it; "
+                    "give the run directory (--run)"
+                )
             run_dir = opened.run_dir
         run_dir = os.fspath(run_dir)
         config_path = os.path.join(run_dir, "config.yaml")
@@ -102,23 +115,46 @@ class SearchEngine:
         extractor = make_feature_extractor(load_config(config_path))
         engine = cls(model, extractor, run_dir=os.path.abspath(run_dir))
         if opened is not None:
-            engine.use_index(ImageIndex.open(opened.path, model_fingerprint=engine.fingerprint))
+            engine.use_index(opened)
         return engine
 
     def use_index(self, index: ImageIndex | str | os.PathLike) -> None:
-        """Search ``index`` from now on; refused if another model built it."""
-        path = index.path if isinstance(index, ImageIndex) else os.fspath(index)
-        self.index = ImageIndex.open(path, model_fingerprint=self.fingerprint)
+        """Search ``index`` from now on; refused if another model built it.
+
+        Args:
+            index: an opened index (used as is), or the path of one.
+
+        Raises:
+            IndexMismatchError: another model built the index.
+        """
+        if isinstance(index, ImageIndex):
+            # Reopening would re-read every id and path: millions on a large index.
+            if index.model_fingerprint != self.fingerprint:
+                raise IndexMismatchError.for_index(
+                    index.path, index.model_fingerprint, self.fingerprint, index.run_dir
+                )
+            self.index = index
+        else:
+            self.index = ImageIndex.open(index, model_fingerprint=self.fingerprint)
         self.approximate = None
 
-    def use_approximate(self, path: str | os.PathLike | None = None, *, nprobe: int = 16, rebuild: bool = False):
+    def use_approximate(
+        self, path: str | os.PathLike | None = None, *, nprobe: int = 16, rebuild: bool = False
+    ) -> ApproximateIndex:
         """Answer searches from a FAISS index (extra ``ann``) instead of scanning every vector.
 
         The FAISS file (default ``<index>.faiss``) is built from the image
         index when absent, stale (re-indexed since) or ``rebuild`` is set.
+
+        Args:
+            path: the FAISS file.
+            nprobe: clusters scanned per query (at least 1).
+            rebuild: build the FAISS file even if a valid one exists.
+
+        Returns:
+            The approximate index now in use.
         """
         from devise.search.approximate import ApproximateIndex
-        from devise.search.index import IndexMismatchError
 
         if self.index is None:
             raise DeviseError("no index loaded: pass one to SearchEngine.load or call use_index")
@@ -190,6 +226,31 @@ class SearchEngine:
         if failures:
             raise DeviseError(failures[0][1])
         unique = list(dict.fromkeys(captions))
-        text = self.model.embed_texts(unique)
-        scores, rows = exact_search(text, embedded, k)
+        cached = self._caption_vectors
+        if cached is None or cached[0] != unique:
+            cached = (unique, self.model.embed_texts(unique))
+            self._caption_vectors = cached
+        scores, rows = exact_search(cached[1], embedded, k)
         return [CaptionHit(rank + 1, unique[row], float(s)) for rank, (s, row) in enumerate(zip(scores[0], rows[0]))]
+
+
+def run_captions(run_dir: str | os.PathLike) -> list[str]:
+    """The captions of a training run's dataset: the default candidates for :meth:`SearchEngine.annotate`.
+
+    Args:
+        run_dir: the training run directory.
+
+    Returns:
+        Every caption of the run's dataset, in dataset order (repeats kept).
+
+    Example:
+    ```python
+    engine.annotate("photo.jpg", run_captions(engine.run_dir), k=3)
+    ```
+    """
+    from devise.datasets.report import DataReport
+    from devise.training.config import load_config
+    from devise.training.trainer import Trainer
+
+    trainer = Trainer(load_config(os.path.join(os.fspath(run_dir), "config.yaml")), verbose=False)
+    return [record.caption for record in trainer.load_records(DataReport())]

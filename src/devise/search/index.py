@@ -86,6 +86,13 @@ class IndexMismatchError(DeviseError):
         )
 
 
+class IndexWriteError(DeviseError, OSError):
+    """The index file could not be written (unwritable folder, full disk, ...).
+
+    The index on disk is left as it was.
+    """
+
+
 def _short(fingerprint: str) -> str:
     """First 12 characters of a fingerprint (a sha256 hex digest in practice)."""
     return (
@@ -714,8 +721,8 @@ class _Row:
     """One row of an index being written: its file and where its embedding is."""
 
     file: ImageFile
-    base_row: int = -1  # row in the current index file, or
-    new: int = -1  # position in the pending embeddings
+    base_row: int = -1  # row in the base index file, or -1
+    new: int = -1  # position in the pending embeddings, or -1
 
 
 def update_index(
@@ -761,6 +768,7 @@ def update_index(
         IndexMismatchError: the index was built by another model.
         DeviseError: the index covers another folder, or ``image_root`` is missing.
         DataFormatError: ``index_path`` exists but is not an image index.
+        IndexWriteError: the index file cannot be written.
     """
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
@@ -917,9 +925,6 @@ class _IndexWriter:
         so the next run still sees it as changed.
         """
         began = time.monotonic()
-        base_rows: dict[str, int] = {}
-        if self.base is not None:
-            base_rows = {image_id: row for row, image_id in enumerate(self.base.ids)}
         new_ids = list(pending)
         new_pos = {image_id: i for i, image_id in enumerate(new_ids)}
         rows: list[_Row] = []
@@ -929,16 +934,13 @@ class _IndexWriter:
             if f.id in new_pos:
                 rows.append(_Row(f, new=new_pos[f.id]))
                 continue
-            row = base_rows.get(f.id, -1)
-            if row < 0:
+            row = self.base.row_of(f.id) if self.base is not None else None
+            if row is None:
                 continue  # new file not embedded yet
-            if final and (int(self.base.mtime_ns[row]), int(self.base.sizes[row])) != (
-                f.mtime_ns,
-                f.size,
-            ):
-                continue  # defensive: every changed file was re-embedded or failed
             stamp = (int(self.base.mtime_ns[row]), int(self.base.sizes[row]))
             if stamp != (f.mtime_ns, f.size):
+                if final:
+                    continue  # defensive: every changed file was re-embedded or failed
                 f = ImageFile(f.id, f.path, *stamp)
             rows.append(_Row(f, base_row=row))
         new_matrix = (
@@ -948,11 +950,15 @@ class _IndexWriter:
         )
 
         tmp = f"{self.path}.tmp-{os.getpid()}"
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
         try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
             with h5py.File(tmp, "w") as f:
                 self._fill(f, rows, new_matrix, dim)
             os.replace(tmp, self.path)
+        except OSError as exc:
+            # An unwritable --out or a full disk is the user's to fix: one
+            # line naming the file, not a traceback.
+            raise IndexWriteError(f"{self.path}: cannot write the image index ({exc})") from exc
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)

@@ -1,8 +1,9 @@
 """Typed experiment configs, loaded strictly from YAML.
 
 An experiment config is a tree of frozen dataclasses. Loading rejects an
-unknown key (suggesting the closest valid one), a value of the wrong type
-or outside its allowed choices, naming the full key path; command-line
+unknown key (suggesting the closest valid one), a value of the wrong type,
+outside its allowed choices or outside its numeric range, naming the full
+key path; command-line
 overrides ``key.sub=value`` go through the same checks. See docs/configs.md
 for every key.
 """
@@ -19,6 +20,17 @@ from typing import Any, Literal
 import yaml
 
 from devise.errors import ConfigError
+from devise.training.run_directory import write_text
+
+
+def _number(default, *, at_least: float | None = None, above: float | None = None, below: float | None = None):
+    """A numeric field with a range, checked (with its key path) when a config is loaded.
+
+    The ranges reject at load time, and so under ``--check``, values that
+    would otherwise fail deep inside Keras or TensorFlow after minutes of
+    feature extraction (``batch_size=0``, ``text_dropout=1.5``).
+    """
+    return dataclasses.field(default=default, metadata={"at_least": at_least, "above": above, "below": below})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,19 +38,19 @@ class SplitConfig:
     """How images are split: per category (the Pascal 1K protocol: 40/5/5), or as the dataset file says."""
 
     by: Literal["category", "dataset"] = "category"
-    train: int = 40
-    val: int = 5
-    test: int = 5
-    seed: int = 0
+    train: int = _number(40, at_least=0)
+    val: int = _number(5, at_least=0)
+    test: int = _number(5, at_least=0)
+    seed: int = _number(0, at_least=0)
 
 
 @dataclasses.dataclass(frozen=True)
 class ShapesConfig:
     """Parameters of the generated demo dataset."""
 
-    images_per_category: int = 50
-    image_size: int = 128
-    seed: int = 0
+    images_per_category: int = _number(50, at_least=1)
+    image_size: int = _number(128, at_least=32)
+    seed: int = _number(0, at_least=0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +66,7 @@ class DataConfig:
     split: SplitConfig = SplitConfig()
     shapes: ShapesConfig = ShapesConfig()
     min_word_count: int = 1
-    max_caption_length: int = 32
+    max_caption_length: int = _number(32, at_least=1)
     strict: bool = False
 
 
@@ -65,7 +77,7 @@ class WordVectorsConfig:
     source: Literal["file", "glove_offline_50d"] = "glove_offline_50d"
     format: Literal["glove", "word2vec_text", "word2vec_binary"] = "glove"
     path: str | None = None
-    dim: int | None = None
+    dim: int | None = _number(None, at_least=1)
     cache_dir: str | None = None
     download: bool = False
     variant: str = "6B"
@@ -81,7 +93,7 @@ class ImageEncoderConfig:
     backbone: Literal["vgg16", "efficientnet_lite0"] = "efficientnet_lite0"
     weights: str | None = "imagenet"
     allow_download: bool = False
-    batch_size: int = 32
+    batch_size: int = _number(32, at_least=1)
     device: str | None = None
     cache_dir: str = "data/feature_cache"
 
@@ -90,17 +102,17 @@ class ImageEncoderConfig:
 class ModelConfig:
     """Sizes of the joint model."""
 
-    joint_dim: int = 256
-    lstm_units: int = 256
+    joint_dim: int = _number(256, at_least=1)
+    lstm_units: int = _number(256, at_least=1)
     projector_bias: bool = False
-    text_dropout: float = 0.0
+    text_dropout: float = _number(0.0, at_least=0.0, below=1.0)
 
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
     """The hinge rank loss."""
 
-    margin: float = 0.1
+    margin: float = _number(0.1, at_least=0.0)
     negatives: Literal["all", "hardest"] = "all"
     directions: Literal["both", "image_to_text", "text_to_image"] = "both"
 
@@ -109,13 +121,13 @@ class LossConfig:
 class TrainerConfig:
     """Optimisation and placement."""
 
-    epochs: int = 20
-    batch_size: int = 128
+    epochs: int = _number(20, at_least=0)
+    batch_size: int = _number(128, at_least=1)
     optimizer: Literal["adam", "adagrad", "sgd"] = "adam"
-    learning_rate: float = 2e-4
-    clip_norm: float | None = 2.0
+    learning_rate: float = _number(2e-4, above=0.0)
+    clip_norm: float | None = _number(2.0, above=0.0)
     strategy: Literal["off", "mirrored", "multi_worker_mirrored"] = "off"
-    seed: int = 0
+    seed: int = _number(0, at_least=0)
     eval_split: Literal["train", "val", "test"] = "test"
 
 
@@ -156,12 +168,11 @@ def _convert(value: Any, tp, path: str):
             raise ConfigError(f"{path or '<root>'}: expected a mapping of keys, got {value!r}")
         return _build(tp, value, path)
     if origin in (typing.Union, types.UnionType):
-        errors = []
         for option in typing.get_args(tp):
             try:
                 return _convert(value, option, path)
-            except ConfigError as exc:
-                errors.append(exc)
+            except ConfigError:
+                pass
         raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
         choices = typing.get_args(tp)
@@ -189,9 +200,22 @@ def _convert(value: Any, tp, path: str):
     raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
 
 
+def _check_range(value, metadata, path: str) -> None:
+    if value is None:
+        return
+    at_least, above, below = metadata.get("at_least"), metadata.get("above"), metadata.get("below")
+    if at_least is not None and value < at_least:
+        raise ConfigError(f"{path}: must be >= {at_least}, got {value!r}")
+    if above is not None and value <= above:
+        raise ConfigError(f"{path}: must be > {above}, got {value!r}")
+    if below is not None and value >= below:
+        raise ConfigError(f"{path}: must be < {below}, got {value!r}")
+
+
 def _build(cls, data: dict, path: str):
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    names = list(fields)
     kwargs = {}
     for key, value in data.items():
         full = f"{path}.{key}" if path else str(key)
@@ -200,6 +224,7 @@ def _build(cls, data: dict, path: str):
             hint = f"; did you mean '{(path + '.' if path else '') + close[0]}'?" if close else ""
             raise ConfigError(f"{full}: unknown key{hint} (valid keys here: {', '.join(names)})")
         kwargs[key] = _convert(value, hints[key], full)
+        _check_range(kwargs[key], fields[key].metadata, full)
     return cls(**kwargs)
 
 
@@ -286,6 +311,5 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
 
 
 def save_config(config, path: str | os.PathLike) -> None:
-    """Write the resolved config as YAML."""
-    with open(path, "w", encoding="utf-8") as f:
-        yaml.safe_dump(config_to_dict(config), f, sort_keys=False)
+    """Write the resolved config as YAML (through a temporary file and a rename)."""
+    write_text(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))

@@ -16,8 +16,8 @@ from devise.errors import DeviseError
 from devise.model import DeViSEModel
 from devise.training.config import load_config
 from devise.training.evaluation import evaluate_retrieval, format_markdown_report
-from devise.training.run_directory import write_json
-from devise.training.trainer import Trainer
+from devise.training.run_directory import write_json, write_text
+from devise.training.trainer import Trainer, make_feature_extractor
 
 #: Files every devise run directory holds (the config and the saved model).
 RUN_FILES = ("config.yaml", "model.keras", "vocabulary.json", "model.json")
@@ -35,13 +35,6 @@ def check_run_directory(run_dir: str | os.PathLike) -> str:
     if missing:
         raise DeviseError(f"{run_dir}: not a devise run directory (missing {', '.join(missing)})")
     return run_dir
-
-
-def _write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def evaluate_run(run_dir: str | os.PathLike, split: str = "test", *, verbose: bool = True) -> dict:
@@ -73,6 +66,20 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", *, verbose: bo
     config = load_config(os.path.join(run_dir, "config.yaml"))
     model = DeViSEModel.load(run_dir)
 
+    # Refuse a model/extractor mismatch before any (possibly long) feature extraction.
+    extractor = make_feature_extractor(config)
+    if model.image_dim != extractor.output_dim:
+        raise DeviseError(
+            f"{run_dir}: the model expects {model.image_dim}-d image features but "
+            f"{config.image_encoder.backbone} gives {extractor.output_dim}-d ones; was the config changed after training?"
+        )
+    fingerprint = extractor.fingerprint()
+    if model.image_fingerprint and model.image_fingerprint != fingerprint:
+        raise DeviseError(
+            f"{run_dir}: the model was trained on features of '{model.image_fingerprint}', "
+            f"but the config now gives '{fingerprint}'"
+        )
+
     trainer = Trainer(config, run_dir=run_dir, verbose=verbose)
     report = DataReport(strict=config.data.strict)
     records = trainer.split(trainer.load_records(report))[split]
@@ -82,24 +89,11 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", *, verbose: bo
     records = [r for r in records if r.image_id in features]
     if not records:
         raise DeviseError(f"{run_dir}: no image of the {split} split has features ({len(report)} unreadable)")
-
-    feature_dim = int(next(iter(features.values())).shape[-1])
-    if model.image_dim != feature_dim:
-        raise DeviseError(
-            f"{run_dir}: the model expects {model.image_dim}-d image features but "
-            f"{config.image_encoder.backbone} gives {feature_dim}-d ones; was the config changed after training?"
-        )
-    fingerprint = getattr(trainer, "_fingerprint", "")
-    if model.image_fingerprint and fingerprint and model.image_fingerprint != fingerprint:
-        raise DeviseError(
-            f"{run_dir}: the model was trained on features of '{model.image_fingerprint}', "
-            f"but the config now gives '{fingerprint}'"
-        )
     if verbose:
         print(f"{split} split: {len(unique_images(records))} images / {len(records)} captions", file=sys.stderr)
 
     metrics = evaluate_retrieval(model, records, features, per_category=True)
     metrics["split"] = split
     write_json(os.path.join(run_dir, f"eval-{split}.json"), metrics)
-    _write_text(os.path.join(run_dir, f"eval-{split}.md"), format_markdown_report(metrics, run_dir=run_dir, split=split))
+    write_text(os.path.join(run_dir, f"eval-{split}.md"), format_markdown_report(metrics, run_dir=run_dir, split=split))
     return metrics

@@ -25,8 +25,13 @@ def _missing_module(name: str) -> bool:
     return importlib.util.find_spec(name) is None
 
 
-def _missing_by_kind(config: ExperimentConfig) -> dict[str, str]:
-    """``{resource kind: message}`` for each resource the config needs but this machine lacks."""
+def _missing_by_kind(config: ExperimentConfig, *, downloads_pending: bool = False) -> dict[str, str]:
+    """``{resource kind: message}`` for each resource the config needs but this machine lacks.
+
+    With ``downloads_pending``, resources the config lets a run download
+    (the VGG16 ImageNet weights under ``image_encoder.allow_download``) are
+    not counted as missing.
+    """
     problems: dict[str, str] = {}
     data = config.data
     if data.dataset == "pascal":
@@ -66,7 +71,7 @@ def _missing_by_kind(config: ExperimentConfig) -> dict[str, str]:
 
     enc = config.image_encoder
     if enc.backbone == "vgg16":
-        problem = vgg16_weights_problem(enc.weights, allow_download=False)
+        problem = vgg16_weights_problem(enc.weights, allow_download=downloads_pending and enc.allow_download)
         if problem:
             problems["image weights"] = problem
     elif enc.weights == "imagenet":
@@ -85,11 +90,7 @@ def _missing_by_kind(config: ExperimentConfig) -> dict[str, str]:
 
 def find_missing_resources(config: ExperimentConfig) -> list[str]:
     """One message per resource the config needs but this machine lacks (no downloading)."""
-    problems = _missing_by_kind(config)
-    enc = config.image_encoder
-    if enc.backbone == "vgg16" and enc.allow_download and "image weights" in problems:
-        del problems["image weights"]  # will be fetched by fetch_missing_resources
-    return list(problems.values())
+    return list(_missing_by_kind(config, downloads_pending=True).values())
 
 
 def fetch_missing_resources(config: ExperimentConfig, *, progress: bool = True) -> dict[str, str]:
@@ -147,12 +148,8 @@ def check_resources(config: ExperimentConfig, *, download: bool = False, progres
         progress: show download progress.
     """
     failed = fetch_missing_resources(config, progress=progress) if download else {}
-    problems = _missing_by_kind(config)
-    enc = config.image_encoder
-    if not download and enc.backbone == "vgg16" and enc.allow_download:
-        problems.pop("image weights", None)  # fetched later, when downloads run
-    if enc.backbone == "vgg16" and cached_vgg16_weights():
-        problems.pop("image weights", None)
+    # Without downloading now, what a run would fetch is not missing yet.
+    problems = _missing_by_kind(config, downloads_pending=not download)
     messages = []
     for kind, message in problems.items():
         messages.append(f"{failed[kind]}. {message}" if kind in failed else message)

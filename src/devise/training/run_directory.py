@@ -22,14 +22,27 @@ def create_run_directory(output_dir: str | os.PathLike, name: str) -> str:
             path = f"{base}-{n}"
 
 
-def write_json(path: str | os.PathLike, data: Any) -> None:
-    """Write JSON through a temporary file and a rename, so readers never see half a file."""
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write text through a temporary file and a rename, so readers never see half a file.
+
+    The temporary file is removed if writing fails (full disk, Ctrl-C), so a
+    failed write leaves the previous file, if any, and nothing else.
+    """
     path = os.fspath(path)
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, ensure_ascii=False, default=_jsonable)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    """Write ``data`` as indented JSON with :func:`write_text`."""
+    # Serialise first: a value JSON cannot hold then fails before any file is touched.
+    write_text(path, json.dumps(data, indent=2, ensure_ascii=False, default=_jsonable) + "\n")
 
 
 def _jsonable(value):

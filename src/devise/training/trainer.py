@@ -141,7 +141,6 @@ class Trainer:
             f"image features: {len(table.ids)} images ({computed} computed, {len(table.ids) - computed} from "
             f"cache {cache.path}, {len(table.failures)} skipped) in {time.monotonic() - start:.1f}s"
         )
-        self._fingerprint = extractor.fingerprint()
         return table.as_dict()
 
     def word_vectors(self, vocabulary: Vocabulary):
@@ -258,7 +257,7 @@ class Trainer:
             ](learning_rate=tc.learning_rate, clipnorm=tc.clip_norm)
             loss = HingeRankLoss(config.loss.margin, negatives=config.loss.negatives, directions=config.loss.directions)
             keras_model.compile(optimizer=optimizer, loss=loss)
-        model = DeViSEModel(keras_model, vocabulary, length, self._fingerprint)
+        model = DeViSEModel(keras_model, vocabulary, length, make_feature_extractor(config).fingerprint())
 
         def dataset(records, shuffle):
             ids = sorted({r.image_id for r in records})
@@ -288,7 +287,8 @@ class Trainer:
             epochs=tc.epochs,
             shuffle=False,  # the dataset reshuffles itself each epoch
             callbacks=callbacks,
-            verbose=2 if not sys.stderr.isatty() else 1 if self.verbose else 0,
+            # Keras prints to stdout: a live progress bar on a terminal, one line per epoch elsewhere.
+            verbose=0 if not self.verbose else 1 if sys.stdout.isatty() else 2,
         )
         if selector is not None:
             selector.restore_best()

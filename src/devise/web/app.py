@@ -1,6 +1,8 @@
 """The image-search web app: one HTML page and a small JSON API over a :class:`SearchEngine`.
 
-Routes (every error is JSON ``{"error": "..."}`` with a 4xx status):
+Routes (every error is JSON ``{"error": "..."}``: a 4xx status for a bad
+request, 500 with no details for a fault of the server, whose traceback goes
+to the server's log only):
 
 * ``GET /`` -- the search page (self-contained: inline CSS and JavaScript, nothing from a CDN).
 * ``GET /api/search?q=TEXT&k=N`` -- ``{query, k, results: [{rank, row, id, score, thumbnail_url,
@@ -36,7 +38,7 @@ import time
 from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from devise.errors import DeviseError, OptionalDependencyError
+from devise.errors import DeviseError, require
 
 if TYPE_CHECKING:  # pragma: no cover
     from fastapi import FastAPI
@@ -46,16 +48,6 @@ if TYPE_CHECKING:  # pragma: no cover
 PURPOSE = "devise-serve"
 _ROW_PATTERN = re.compile(r"[0-9]{1,12}")
 _K_PATTERN = re.compile(r"[0-9]{1,12}")
-
-
-def require_serve(module: str = "fastapi"):
-    """Import ``fastapi`` or ``uvicorn`` or raise an install hint for the ``serve`` extra."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise OptionalDependencyError(module, "serve", PURPOSE) from exc
 
 
 class _LRU:
@@ -106,16 +98,6 @@ def make_thumbnail(path: str, size: int) -> bytes:
     return out.getvalue()
 
 
-def run_captions(run_dir: str) -> list[str]:
-    """The captions of a training run's dataset (the default caption candidates)."""
-    from devise.datasets.report import DataReport
-    from devise.training.config import load_config
-    from devise.training.trainer import Trainer
-
-    trainer = Trainer(load_config(os.path.join(run_dir, "config.yaml")), verbose=False)
-    return [record.caption for record in trainer.load_records(DataReport())]
-
-
 def create_app(
     engine: "SearchEngine",
     *,
@@ -139,8 +121,11 @@ def create_app(
         thumbnail_size: longest side of thumbnails, in pixels.
         thumbnail_cache_size: thumbnails kept in memory (least recently used go first).
         result_cache_size: search and caption answers kept in memory.
+
+    Returns:
+        The app, to run with uvicorn or :class:`BackgroundServer`.
     """
-    fastapi = require_serve("fastapi")
+    fastapi = require("fastapi", "serve", PURPOSE)
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -183,6 +168,12 @@ def create_app(
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request, exc: RequestValidationError):
         return error_response(400, "invalid request parameters")
+
+    @app.exception_handler(Exception)
+    async def _server_fault(request, exc: Exception):
+        # Starlette re-raises after answering, so uvicorn logs the traceback;
+        # the client learns nothing about the server's files or code.
+        return error_response(500, "internal server error")
 
     @app.middleware("http")
     async def _security_headers(request, call_next):
@@ -292,6 +283,8 @@ def create_app(
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
     def caption_candidates() -> list[str]:
+        from devise.search.engine import run_captions
+
         with candidates_lock:
             if not candidates:
                 if not engine.run_dir:
@@ -306,14 +299,14 @@ def create_app(
     @app.get("/api/captions/{row}")
     def image_captions(row: str, request: fastapi.Request):
         index_row = parse_row(row)
-        pool = caption_candidates()
-        if not pool:
-            fail(404, "no candidate captions")
         k = parse_k(request.query_params.get("k"), min(5, max_k), max_k)
         key = ("captions", index_row, k)
         cached = answers.get(key)
         if cached is not None:
             return cached
+        pool = caption_candidates()
+        if not pool:
+            fail(404, "no candidate captions")
         path = image_path(index_row)
         try:
             with model_lock:
@@ -339,7 +332,7 @@ class BackgroundServer:
     """
 
     def __init__(self, app: Callable, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
-        uvicorn = require_serve("uvicorn")
+        uvicorn = require("uvicorn", "serve", PURPOSE)
         self.host = host
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._socket = socket.socket(family, socket.SOCK_STREAM)
