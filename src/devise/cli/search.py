@@ -65,6 +65,15 @@ def _read_captions(path: str) -> list[str]:
     return captions
 
 
+def _print_hits(kind: str, subject: str, hits, field: str, as_json: bool) -> None:
+    """Ranked hits as JSON (``{kind: subject, "results": [...]}``) or one line each: rank, score, ``field``."""
+    if as_json:
+        print(json.dumps({kind: subject, "results": [h.to_dict() for h in hits]}, indent=2))
+        return
+    for hit in hits:
+        print(f"{hit.rank:>3}  {hit.score:+.3f}  {getattr(hit, field)}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -89,21 +98,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.image is not None:
             if captions is None:
                 captions = run_captions(engine.run_dir)
-            hits = engine.annotate(args.image, captions, k=args.k)
-            if args.json:
-                print(json.dumps({"image": args.image, "results": [h.to_dict() for h in hits]}, indent=2))
-            else:
-                for hit in hits:
-                    print(f"{hit.rank:>3}  {hit.score:+.3f}  {hit.caption}")
+            _print_hits("image", args.image, engine.annotate(args.image, captions, k=args.k), "caption", args.json)
             return 0
         if args.approximate:
             engine.use_approximate(nprobe=args.nprobe, rebuild=args.rebuild_approximate)
-        hits = engine.search(args.query, k=args.k)
-        if args.json:
-            print(json.dumps({"query": args.query, "results": [h.to_dict() for h in hits]}, indent=2))
-        else:
-            for hit in hits:
-                print(f"{hit.rank:>3}  {hit.score:+.3f}  {hit.path}")
+        _print_hits("query", args.query, engine.search(args.query, k=args.k), "path", args.json)
         return 0
 
     return run_command(PROG, body)
