@@ -1,5 +1,12 @@
 """Caption datasets: records, readers, splits, text and the embedded demo data."""
 
+from devise.datasets.folders import (
+    ClassImage,
+    class_images_by_split,
+    read_class_folders,
+    read_label_file,
+    split_class_images,
+)
 from devise.datasets.images import load_image
 from devise.datasets.pascal import (
     PASCAL_CATEGORIES,
@@ -18,18 +25,23 @@ __all__ = [
     "PASCAL_CATEGORIES",
     "SHAPES_CATEGORIES",
     "CaptionRecord",
+    "ClassImage",
     "DataProblem",
     "DataReport",
     "PascalItem",
     "Vocabulary",
     "assert_disjoint",
     "check_pascal_layout",
+    "class_images_by_split",
     "generate_shapes",
     "image_ids",
     "load_image",
+    "read_class_folders",
+    "read_label_file",
     "read_pascal_sentences",
     "render_shapes_image",
     "split_by_category",
+    "split_class_images",
     "tokenize",
     "unique_images",
     "write_pascal_layout",
