@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-_NEGATIVES = ("all", "hardest")
+_NEGATIVES = ("all", "hardest", "sampled")
 _DIRECTIONS = ("both", "image_to_text", "text_to_image")
 
 
@@ -15,33 +15,59 @@ class HingeRankLoss(keras.losses.Loss):
 
     For a batch of ``B`` pairs with image embeddings ``v`` and text
     embeddings ``t`` (both L2-normalised, so ``v . t`` is a cosine score),
-    every pair ``k`` pays
+    every pair ``k`` pays, over its negatives,
 
-    * image to text: ``sum_j max(0, margin - v_k . t_k + v_k . t_j)`` over
-      captions ``j`` of other images, and
-    * text to image: ``sum_i max(0, margin - v_k . t_k + v_i . t_k)`` over
-      other images ``i``.
+    * image to text: ``max(0, margin - v_k . t_k + v_k . t_j)`` for each
+      negative caption ``j``, and
+    * text to image: ``max(0, margin - v_k . t_k + v_i . t_k)`` for each
+      negative image ``i``,
 
-    This is Frome et al.'s loss with the batch's other items as the
-    negatives, applied in both retrieval directions. With
-    ``negatives="hardest"`` each sum becomes a max (the VSE++ variant, which
-    tends to stall with small batches).
+    combined per query by ``negatives``:
 
-    The model's output ``y_pred`` is ``concat([image_emb, text_emb], -1)``
-    of shape ``(B, 2 * D)``. ``y_true`` holds an integer group id per pair,
-    normally the image index: pairs sharing an id (two captions of one
-    image in the same batch) are never used as each other's negatives.
+    * ``"all"``: the sum (Frome et al.'s loss with the batch's other items
+      as the negatives, in both retrieval directions);
+    * ``"hardest"``: the max (the VSE++ "max violation" variant, which tends
+      to stall with small batches);
+    * ``"sampled"``: the paper's own variant, which visits the negatives in
+      a random order and stops the sum at the first one that violates the
+      margin, so each query pays the hinge of exactly one violating
+      negative (0 if none violates). The first violator of a uniformly
+      random order is a uniformly random violator, so this is computed
+      without a loop: each (query, negative) gets a uniform random key,
+      keys of non-violators are masked out and ``argmax`` picks the one
+      violator that is paid for. Its expected value is the mean hinge over
+      the violators. Keys come from a ``keras.random.SeedGenerator`` held by
+      the loss, so ``seed`` makes a run repeatable; each direction draws its
+      own keys.
+
+    Inputs:
+
+    * ``y_pred``: a dict ``{"image": (B, D), "text": (B, D)}`` of unit
+      vectors; row ``k`` of both is a matching pair.
+    * ``y_true``: integer group ids, either ``(B,)`` (or ``(B, 1)``) = the
+      image id of each pair, or ``(B, 2)`` = ``[image id, caption id]``
+      where the caption id is equal for pairs whose caption strings are
+      identical. Pairs ``k`` and ``j`` are each other's negatives only if
+      they differ in every id given: two captions of one image are never
+      negatives, nor are two images that both carry the caption "a dog".
+      Keras casts ``y_true`` to the loss dtype (float32) before
+      comparing, so ids must stay below ``2**24``; use ids local to the
+      dataset (image and caption-group indices), not hashes.
 
     Args:
         margin: the hinge margin (the paper uses 0.1).
-        negatives: ``"all"`` (sum over negatives) or ``"hardest"``.
+        negatives: ``"all"``, ``"hardest"`` or ``"sampled"``.
         directions: ``"both"``, ``"image_to_text"`` or ``"text_to_image"``.
+        seed: seed of the random order for ``negatives="sampled"``
+            (``None``: a random seed); ignored otherwise.
 
     Example:
     ```python
-    loss = devise.losses.HingeRankLoss(margin=0.1)
-    model.compile(optimizer="adam", loss=loss)
-    model.fit({"image_features": x, "token_ids": ids}, image_index, ...)
+    loss = devise.losses.HingeRankLoss(margin=0.1, negatives="sampled", seed=0)
+    image = keras.ops.normalize(keras.random.normal((8, 16)), axis=-1)
+    text = keras.ops.normalize(keras.random.normal((8, 16)), axis=-1)
+    ids = np.stack([np.arange(8), np.arange(8)], axis=1)  # [image id, caption id]
+    value = loss(ids, {"image": image, "text": text})
     ```
 
     Reference:
@@ -54,6 +80,7 @@ class HingeRankLoss(keras.losses.Loss):
         margin: float = 0.1,
         negatives: str = "all",
         directions: str = "both",
+        seed: int | None = None,
         name: str = "hinge_rank_loss",
         **kwargs,
     ):
@@ -67,27 +94,63 @@ class HingeRankLoss(keras.losses.Loss):
         self.margin = float(margin)
         self.negatives = negatives
         self.directions = directions
+        self.seed = seed
+        # Only the sampled variant holds random state (a variable), so the
+        # other two stay stateless.
+        self.seed_generator = keras.random.SeedGenerator(seed) if negatives == "sampled" else None
 
     def call(self, y_true, y_pred):
-        image, text = ops.split(y_pred, 2, axis=-1)
+        if not isinstance(y_pred, dict) or set(y_pred) != {"image", "text"}:
+            raise ValueError(
+                'HingeRankLoss expects y_pred = {"image": (B, D), "text": (B, D)}, '
+                f"got {type(y_pred).__name__}" + (f" with keys {sorted(y_pred)}" if isinstance(y_pred, dict) else "")
+            )
+        image, text = y_pred["image"], y_pred["text"]
         scores = ops.matmul(image, ops.transpose(text))  # [image i, caption j]
         positive = ops.diagonal(scores)
-        groups = ops.reshape(ops.cast(y_true, "int32"), (-1,))
-        is_negative = ops.cast(ops.not_equal(groups[:, None], groups[None, :]), scores.dtype)
+        is_negative = ops.cast(self._negative_mask(y_true), scores.dtype)  # symmetric
 
-        reduce = ops.max if self.negatives == "hardest" else ops.sum
         loss = ops.zeros_like(positive)
         if self.directions in ("both", "image_to_text"):
             # Row k: image k against every caption j.
             cost = ops.relu(self.margin - positive[:, None] + scores) * is_negative
-            loss = loss + reduce(cost, axis=1)
+            loss = loss + self._reduce(cost)
         if self.directions in ("both", "text_to_image"):
-            # Column k: caption k against every image i.
-            cost = ops.relu(self.margin - positive[None, :] + scores) * is_negative
-            loss = loss + reduce(cost, axis=0)
+            # Column k: caption k against every image i (transposed to rows).
+            cost = ops.relu(self.margin - positive[:, None] + ops.transpose(scores)) * is_negative
+            loss = loss + self._reduce(cost)
         return loss
+
+    def _negative_mask(self, y_true):
+        """``(B, B)`` bool: pair ``j`` is a negative of pair ``k`` (differs in every id)."""
+        rank = len(y_true.shape)
+        width = y_true.shape[-1] if rank == 2 else None
+        if rank not in (1, 2) or width not in (None, 1, 2):
+            raise ValueError(
+                "HingeRankLoss expects y_true of shape (B,) = image ids or (B, 2) = "
+                f"[image id, caption id], got shape {tuple(y_true.shape)}"
+            )
+        ids = ops.reshape(y_true, (-1, 1)) if rank == 1 else y_true
+        differs = ops.not_equal(ids[:, None, :], ids[None, :, :])  # (B, B, n_ids)
+        return ops.all(differs, axis=-1)
+
+    def _reduce(self, cost):
+        """One value per row of ``cost`` (``(B, B)``, 0 where not a violating negative)."""
+        if self.negatives == "all":
+            return ops.sum(cost, axis=1)
+        if self.negatives == "hardest":
+            return ops.max(cost, axis=1)
+        # sampled: a uniformly random violator per row. Keys are in [0, 1),
+        # non-violators get -1; a row without violators picks a zero-cost
+        # entry, so it pays 0.
+        keys = keras.random.uniform(ops.shape(cost), seed=self.seed_generator, dtype=cost.dtype)
+        keys = ops.where(cost > 0, keys, -ops.ones_like(keys))
+        chosen = ops.one_hot(ops.argmax(keys, axis=1), ops.shape(cost)[1], dtype=cost.dtype)
+        return ops.sum(cost * chosen, axis=1)
 
     def get_config(self):
         config = super().get_config()
-        config.update(margin=self.margin, negatives=self.negatives, directions=self.directions)
+        config.update(
+            margin=self.margin, negatives=self.negatives, directions=self.directions, seed=self.seed
+        )
         return config
