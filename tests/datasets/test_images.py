@@ -187,3 +187,74 @@ def test_devise_pixel_limit_is_checked_before_decoding(tmp_path, monkeypatch):
     monkeypatch.setattr(images_module, "MAX_IMAGE_PIXELS", 50_000)
     with pytest.raises(DataFormatError, match=r"large\.png: 300x200 pixels is over the 50,000-pixel limit"):
         load_image(path)
+
+
+# -- resize="crop" or "pad" ---------------------------------------------------
+
+RED, BLUE, GREY = (230, 20, 20), (20, 20, 230), (128, 128, 128)
+
+
+def _banner(path, width, height):
+    """Grey, with a red band at the left end and a blue band at the right end (a tenth each)."""
+    image = Image.new("RGB", (width, height), GREY)
+    band = width // 10
+    image.paste(RED, (0, 0, band, height))
+    image.paste(BLUE, (width - band, 0, width, height))
+    image.save(path)
+    return path
+
+
+def _has(array, colour, tolerance=12):
+    return bool((np.abs(array.astype(int) - colour) <= tolerance).all(axis=-1).any())
+
+
+def test_pad_keeps_both_ends_of_a_wide_image_that_crop_cuts(tmp_path):
+    path = _banner(tmp_path / "wide.png", 400, 100)
+    cropped = load_image(path, (64, 64))  # default: crop
+    padded = load_image(path, (64, 64), resize="pad")
+    assert cropped.shape == padded.shape == (64, 64, 3)
+    assert not _has(cropped, RED) and not _has(cropped, BLUE) and _has(cropped, GREY)
+    assert _has(padded, RED) and _has(padded, BLUE)
+    # The 4:1 image is 64x16 in the middle; white above and below.
+    assert _close(padded[32, 2], RED) and _close(padded[32, 61], BLUE) and _close(padded[32, 32], GREY)
+    assert (padded[:23] == 255).all() and (padded[41:] == 255).all()
+    assert (load_image(path, (64, 64), resize="crop") == cropped).all()
+
+
+def test_pad_keeps_both_ends_of_a_tall_image(tmp_path):
+    image = Image.new("RGB", (30, 300), GREY)
+    image.paste(RED, (0, 0, 30, 30))
+    image.paste(BLUE, (0, 270, 30, 300))
+    image.save(tmp_path / "tall.png")
+    padded = load_image(tmp_path / "tall.png", (50, 50), resize="pad")
+    assert _close(padded[1, 25], RED) and _close(padded[48, 25], BLUE)
+    assert (padded[:, :21] == 255).all() and (padded[:, 30:] == 255).all()  # 5 wide, centred
+
+
+@pytest.mark.parametrize("resize", ["crop", "pad"])
+@pytest.mark.parametrize("image_size", [(400, 100), (100, 400), (33, 33), (7, 5), (1000, 1), (1, 999)])
+@pytest.mark.parametrize("size", [(224, 224), (37, 21), (21, 37), (1, 1), (15, 16)])
+def test_output_is_exactly_the_requested_size(tmp_path, resize, image_size, size):
+    path = tmp_path / "image.png"
+    Image.new("RGB", image_size, (40, 160, 90)).save(path)
+    array = load_image(path, size, resize=resize)
+    assert array.shape == (*size, 3) and array.dtype == np.uint8
+    # The image is centred (an odd pixel of padding goes after it), so the
+    # middle pixel, rounded down, is always the image's, however thin.
+    assert _close(array[(size[0] - 1) // 2, (size[1] - 1) // 2], (40, 160, 90), 2)
+
+
+def test_pad_with_the_same_aspect_ratio_adds_no_border(tmp_path):
+    path = tmp_path / "image.png"
+    Image.new("RGB", (90, 60), (40, 160, 90)).save(path)
+    padded = load_image(path, (30, 45), resize="pad")
+    assert (padded == load_image(path, (30, 45), resize="crop")).all()
+    assert _close(padded, np.broadcast_to((40, 160, 90), padded.shape), 0)
+
+
+def test_resize_mode_is_checked(tmp_path):
+    path = tmp_path / "image.png"
+    Image.new("RGB", (4, 4)).save(path)
+    with pytest.raises(ValueError, match=r"resize must be one of \('crop', 'pad'\), got 'squash'"):
+        load_image(path, (2, 2), resize="squash")
+    assert load_image(path, resize="pad").shape == (4, 4, 3)  # no size: no resizing at all

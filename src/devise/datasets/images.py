@@ -13,18 +13,53 @@ from devise.errors import DataFormatError
 MAX_IMAGE_PIXELS = 178_956_970
 
 
-def load_image(path: str | os.PathLike, size: tuple[int, int] | None = None) -> np.ndarray:
+#: How :func:`load_image` brings an image to a fixed size.
+RESIZE_MODES = ("crop", "pad")
+
+# White, the colour alpha is composited on: see load_image.
+PAD_COLOUR = (255, 255, 255)
+
+
+def check_resize_mode(resize: str) -> str:
+    """``resize`` if it is one of :data:`RESIZE_MODES`, else ``ValueError`` naming them."""
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+    return resize
+
+
+def load_image(
+    path: str | os.PathLike,
+    size: tuple[int, int] | None = None,
+    *,
+    resize: str = "crop",
+) -> np.ndarray:
     """Decode an image file to an RGB ``uint8`` array of shape ``(H, W, 3)``.
 
     EXIF orientation is applied, every mode (L, P, RGBA, CMYK, I;16, ...) is
     converted to RGB with alpha composited on white, and GIFs give their
-    first frame. With ``size=(height, width)`` the image is resized so its
-    shorter side fits, then centre-cropped to exactly that size.
+    first frame.
+
+    With ``size=(height, width)`` the image comes out at exactly that size,
+    keeping its aspect ratio, in one of two ways:
+
+    * ``resize="crop"`` (the ImageNet convention): the shorter side is
+      scaled to fit, the longer one centre-cropped. The object fills the
+      frame, but what lies near the ends of a wide or tall image is lost.
+    * ``resize="pad"``: the longer side is scaled to fit, and the image is
+      centred on a white canvas of the exact size. Nothing is cut, which
+      keeps whole objects in product shots, drawings and panoramas. White,
+      rather than the ImageNet mean grey, because such images mostly stand
+      on white already (and transparent ones are composited on white
+      above): the padding then continues their background instead of
+      drawing new edges a CNN would respond to. On photos either colour adds
+      an edge.
 
     Raises:
         DataFormatError: the file is missing, empty, truncated, not an
             image, or too large to decode safely. The message names the file.
+        ValueError: ``resize`` is not one of :data:`RESIZE_MODES`.
     """
+    check_resize_mode(resize)
     path = os.fspath(path)
     try:
         if os.path.getsize(path) == 0:
@@ -39,7 +74,7 @@ def load_image(path: str | os.PathLike, size: tuple[int, int] | None = None) -> 
             img = ImageOps.exif_transpose(img)
             img = _to_rgb(img)
             if size is not None:
-                img = _resize_centre_crop(img, size)
+                img = _resize_centre_crop(img, size) if resize == "crop" else _resize_pad(img, size)
             return np.asarray(img, dtype=np.uint8)
     except DataFormatError:
         raise
@@ -72,3 +107,14 @@ def _resize_centre_crop(img: Image.Image, size: tuple[int, int]) -> Image.Image:
     left = (new_w - width) // 2
     top = (new_h - height) // 2
     return img.crop((left, top, left + width, top + height))
+
+
+def _resize_pad(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    height, width = size
+    scale = min(width / img.width, height / img.height)
+    new_w = min(width, max(1, round(img.width * scale)))
+    new_h = min(height, max(1, round(img.height * scale)))
+    img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    canvas = Image.new("RGB", (width, height), PAD_COLOUR)
+    canvas.paste(img, ((width - new_w) // 2, (height - new_h) // 2))
+    return canvas

@@ -284,6 +284,9 @@ class EfficientNetLite0FeatureExtractor(FeatureExtractor):
         batch_size: images per forward pass.
         device: a TensorFlow device string (e.g. ``"/GPU:0"``), or ``None``
             for the default placement.
+        resize: how :meth:`extract_files` fits images to 224x224:
+            ``"crop"`` (centre crop) or ``"pad"`` (keep the whole image, pad
+            with white); see :func:`devise.datasets.images.load_image`.
 
     Example:
 
@@ -313,8 +316,9 @@ class EfficientNetLite0FeatureExtractor(FeatureExtractor):
         *,
         batch_size: int = 32,
         device: str | None = None,
+        resize: str = "crop",
     ):
-        super().__init__(batch_size=batch_size, device=device)
+        super().__init__(batch_size=batch_size, device=device, resize=resize)
         if weights is not None and weights != "imagenet":
             weights = os.fspath(weights)
             _resolve_weights(weights)  # fail now, not at the first batch

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from devise.datasets.images import load_image
+from devise.datasets.images import check_resize_mode, load_image
 from devise.errors import DataFormatError
 
 
@@ -43,6 +43,11 @@ class FeatureExtractor(abc.ABC):
         batch_size: images per forward pass.
         device: a TensorFlow device string, or ``None`` to use the default
             placement.
+        resize: how :meth:`extract_files` brings images to
+            :attr:`input_size`: ``"crop"`` (shorter side fits, centre crop,
+            the ImageNet convention) or ``"pad"`` (longer side fits, padded
+            with white: nothing is cut). See
+            :func:`devise.datasets.images.load_image`.
     """
 
     #: short name stored in feature caches and fingerprints.
@@ -50,11 +55,12 @@ class FeatureExtractor(abc.ABC):
     #: ``(height, width)`` the backbone expects.
     input_size: tuple[int, int] = (224, 224)
 
-    def __init__(self, *, batch_size: int = 32, device: str | None = None):
+    def __init__(self, *, batch_size: int = 32, device: str | None = None, resize: str = "crop"):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
         self.device = device
+        self.resize = check_resize_mode(resize)
         self._model = None
         self._forward = None
 
@@ -77,7 +83,10 @@ class FeatureExtractor(abc.ABC):
     def fingerprint(self) -> str:
         """A string that changes whenever the features would change."""
         h, w = self.input_size
-        return f"{self.name}|{self.weights_id}|{h}x{w}|{self.output_dim}"
+        fingerprint = f"{self.name}|{self.weights_id}|{h}x{w}|{self.output_dim}"
+        # "crop" was the only mode before there was a choice: leaving it out
+        # keeps the caches and saved models made then valid.
+        return fingerprint if self.resize == "crop" else f"{fingerprint}|resize={self.resize}"
 
     @property
     def model(self):
@@ -165,7 +174,7 @@ class FeatureExtractor(abc.ABC):
 
         for i, path in enumerate(paths):
             try:
-                batch.append(load_image(path, self.input_size))
+                batch.append(load_image(path, self.input_size, resize=self.resize))
                 batch_idx.append(i)
             except DataFormatError as exc:
                 failures.append((os.fspath(path), str(exc)))

@@ -89,6 +89,10 @@ class VGG16FeatureExtractor(FeatureExtractor):
         batch_size: images per forward pass.
         device: a TensorFlow device string, or ``None`` for the default
             placement (or the active distribution strategy).
+        resize: how :meth:`extract_files` fits images to 224x224:
+            ``"crop"`` (centre crop, the ImageNet convention) or ``"pad"`` (keep the
+            whole image, pad with white); see
+            :func:`devise.datasets.images.load_image`.
 
     Example:
     ```python
@@ -112,8 +116,9 @@ class VGG16FeatureExtractor(FeatureExtractor):
         allow_download: bool = False,
         batch_size: int = 16,
         device: str | None = None,
+        resize: str = "crop",
     ):
-        super().__init__(batch_size=batch_size, device=device)
+        super().__init__(batch_size=batch_size, device=device, resize=resize)
         self.weights = None if weights in (None, "none") else weights
         self.allow_download = allow_download
 
