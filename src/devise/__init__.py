@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import importlib
 
-from devise.errors import ConfigError, DataFormatError, DeviseError, MissingResourcesError
+from devise.errors import ConfigError, DataFormatError, DeviseError, MissingResourcesError, QueryError
 
 __version__ = "0.1.0"
 
 _SUBPACKAGES = ("datasets", "embeddings", "encoders", "losses", "retrieval", "search", "training")
 _NAMES = {
     "DeViSEModel": "devise.model",
-    "build_joint_keras_model": "devise.model",
+    "DeViSEJointModel": "devise.model",
+    "build_devise_model": "devise.model",
     "SearchEngine": "devise.search.engine",
     "ExperimentConfig": "devise.training.config",
     "load_config": "devise.training.config",
@@ -36,14 +37,16 @@ _NAMES = {
 __all__ = [
     "ConfigError",
     "DataFormatError",
+    "DeViSEJointModel",
     "DeViSEModel",
     "DeviseError",
     "ExperimentConfig",
     "MissingResourcesError",
+    "QueryError",
     "SearchEngine",
     "TrainResult",
     "Trainer",
-    "build_joint_keras_model",
+    "build_devise_model",
     "datasets",
     "embeddings",
     "encoders",

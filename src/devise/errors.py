@@ -25,6 +25,20 @@ class DataFormatError(DeviseError, ValueError):
     """A data file (captions, word vectors, weights) is malformed."""
 
 
+class QueryError(DeviseError, ValueError):
+    """A search query cannot be embedded: it is empty, or none of its words has a vector.
+
+    Attributes:
+        unknown_words: the query's words the model's word table lacks.
+    """
+
+    exit_code = 2
+
+    def __init__(self, message: str, unknown_words: list[str] | None = None):
+        super().__init__(message)
+        self.unknown_words = list(unknown_words or [])
+
+
 class MissingResourcesError(DeviseError, FileNotFoundError):
     """One or more resources a job needs are absent.
 

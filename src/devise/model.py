@@ -1,4 +1,11 @@
-"""The joint image-text model: a trained DeViSE ready to embed and search."""
+"""The joint image-text model: a Keras model with named outputs, and a trained DeViSE ready to embed and search.
+
+:class:`DeViSEJointModel` is the Keras model (in the keras-hub style: layers,
+functional graph, config), with inputs ``{"image_features", "tokens"}`` and
+outputs ``{"image", "text"}``; its word table and tokenisation settings live
+in its text encoder, so ``model.keras`` alone embeds raw strings.
+:class:`DeViSEModel` wraps it with numpy-in, numpy-out methods.
+"""
 
 from __future__ import annotations
 
@@ -9,92 +16,198 @@ from collections.abc import Sequence
 
 import keras
 import numpy as np
+from keras import ops
 
-from devise.datasets.text import Vocabulary
 from devise.encoders.projector import LinearProjector
-from devise.encoders.text_encoder import LSTMTextEncoder
-from devise.errors import DataFormatError
+from devise.encoders.text_encoder import TextEncoder
+from devise.errors import DataFormatError, QueryError
 
 MODEL_FILE = "model.keras"
-VOCABULARY_FILE = "vocabulary.json"
 META_FILE = "model.json"
 
 
-def build_joint_keras_model(
-    *,
-    image_dim: int,
-    vocabulary_size: int,
-    word_dim: int,
-    joint_dim: int,
-    lstm_units: int,
-    max_caption_length: int,
-    embedding_matrix: np.ndarray | None = None,
-    train_word_vectors: bool = False,
-    projector_bias: bool = False,
-    text_dropout: float = 0.0,
-) -> keras.Model:
-    """Functional model ``{image_features, token_ids} -> concat(image_emb, text_emb)``.
+@keras.saving.register_keras_serializable(package="devise")
+class DeViSEJointModel(keras.Model):
+    """``{image_features, tokens} -> {"image": unit vectors, "text": unit vectors}``.
 
-    The concatenated output is what :class:`devise.losses.HingeRankLoss`
-    expects; the two halves are unit vectors in the joint space.
-    """
-    # === Layers ===
-    projector = LinearProjector(joint_dim, use_bias=projector_bias, name="image_projector")
-    text_encoder = LSTMTextEncoder(
-        vocabulary_size,
-        word_dim,
-        joint_dim,
-        lstm_units=lstm_units,
-        train_word_vectors=train_word_vectors,
-        dropout=text_dropout,
-        embedding_matrix=embedding_matrix,
-        name="text_encoder",
-    )
-    # === Functional graph ===
-    image_features = keras.Input((image_dim,), name="image_features")
-    token_ids = keras.Input((max_caption_length,), dtype="int32", name="token_ids")
-    joint = keras.layers.Concatenate(name="joint")([projector(image_features), text_encoder(token_ids)])
-    return keras.Model({"image_features": image_features, "token_ids": token_ids}, joint, name="devise")
-
-
-class DeViSEModel:
-    """A trained joint embedding: image features and captions to unit vectors.
+    Row ``k`` of both outputs embeds pair ``k`` in the joint space. The
+    ranking loss given to :meth:`compile` receives the outputs as they are
+    (a dict), so no caller splits a tensor by convention.
 
     Args:
-        keras_model: the model from :func:`build_joint_keras_model`.
-        vocabulary: the training vocabulary.
-        max_caption_length: token ids per caption.
+        image_projector: the image side (a :class:`LinearProjector`).
+        text_encoder: the text side (a :class:`TextEncoder`).
+        image_dim: size of the CNN features.
         image_fingerprint: fingerprint of the feature extractor whose
             features the image side expects.
+        **kwargs: passed to ``keras.Model`` (e.g. ``name``).
 
     Example:
     ```python
-    model = devise.DeViSEModel.load("runs/demo-20261127-101500")
-    text = model.embed_texts(["two red circles"])           # (1, joint_dim)
-    images = model.embed_image_features(features)           # (N, joint_dim)
-    best = np.argsort(-(images @ text[0]))[:10]
+    model = DeViSEJointModel(LinearProjector(256), TextEncoder(words, 50, 256), image_dim=1280)
+    model.compile(optimizer="adam", loss=devise.losses.HingeRankLoss(0.1))
+    model.fit({"image_features": x, "tokens": tokens}, image_ids, epochs=5)
     ```
     """
 
     def __init__(
         self,
-        keras_model: keras.Model,
-        vocabulary: Vocabulary,
-        max_caption_length: int,
+        image_projector: LinearProjector,
+        text_encoder: TextEncoder,
+        image_dim: int,
         image_fingerprint: str = "",
+        **kwargs,
     ):
-        self.keras_model = keras_model
-        self.vocabulary = vocabulary
-        self.max_caption_length = max_caption_length
+        # === Functional graph ===
+        image_features = keras.Input((image_dim,), name="image_features")
+        tokens = keras.Input((text_encoder.max_length,), dtype="string", name="tokens")
+        outputs = {"image": image_projector(image_features), "text": text_encoder(tokens)}
+        super().__init__(inputs={"image_features": image_features, "tokens": tokens}, outputs=outputs, **kwargs)
+        # === Config ===
+        self.image_projector = image_projector
+        self.text_encoder = text_encoder
+        self.image_dim = image_dim
         self.image_fingerprint = image_fingerprint
+        self.ranking_loss = None
+
+    def compile(self, optimizer="adam", loss=None, **kwargs):
+        """Like ``keras.Model.compile``; ``loss`` is called as ``loss(y_true, {"image", "text"})``."""
+        self.ranking_loss = loss
+        super().compile(optimizer=optimizer, **kwargs)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        if self.ranking_loss is None:
+            raise ValueError("compile the model with a ranking loss first")
+        loss = self.ranking_loss(y, y_pred, sample_weight)
+        if self.losses:
+            loss = loss + ops.sum(self.losses)
+        return loss
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "image_projector": keras.saving.serialize_keras_object(self.image_projector),
+            "text_encoder": keras.saving.serialize_keras_object(self.text_encoder),
+            "image_dim": self.image_dim,
+            "image_fingerprint": self.image_fingerprint,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("image_projector", "text_encoder"):
+            config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)
+
+
+def build_devise_model(
+    *,
+    words: Sequence[str],
+    embedding_matrix: np.ndarray,
+    image_dim: int,
+    joint_dim: int,
+    text_encoder: str = "lstm",
+    units: int = 256,
+    max_caption_length: int = 32,
+    train_word_vectors: bool = False,
+    word_vectors_dtype: str = "float32",
+    lowercase: bool = True,
+    text_dropout: float = 0.0,
+    project_text: bool = True,
+    image_dropout: float = 0.0,
+    standardize_features: bool = False,
+    projector_bias: bool = False,
+    image_fingerprint: str = "",
+) -> DeViSEJointModel:
+    """A :class:`DeViSEJointModel` from a word table (see :func:`devise.embeddings.build_word_table`).
+
+    Args:
+        words: the table's words; ``embedding_matrix`` has two more rows
+            (padding, unknown) before them.
+        embedding_matrix: ``(len(words) + 2, word_dim)`` initial word vectors.
+        image_dim: size of the CNN features.
+        joint_dim: size of the joint space.
+        text_encoder: ``"lstm"``, ``"gru"``, ``"bilstm"`` or ``"mean"``.
+        units: state size of the recurrent text encoders.
+        max_caption_length: tokens kept per caption.
+        train_word_vectors: fine-tune the word vectors.
+        word_vectors_dtype: ``"float32"`` or ``"float16"`` storage of the table.
+        lowercase: lowercase text before lookup.
+        text_dropout: dropout on word vectors during training.
+        project_text: map the text encoder's output linearly to the joint
+            space (``False``: the output itself, e.g. the mean word vector).
+        image_dropout: dropout on image features during training.
+        standardize_features: standardise image features with statistics
+            stored in the model (set them with
+            ``model.image_projector.set_feature_statistics(train_features)``).
+        projector_bias: bias in the image projection.
+        image_fingerprint: the feature extractor's fingerprint.
+    """
+    # === Layers ===
+    projector = LinearProjector(
+        joint_dim,
+        use_bias=projector_bias,
+        dropout=image_dropout,
+        standardize=standardize_features,
+        name="image_projector",
+    )
+    encoder = TextEncoder(
+        words,
+        int(embedding_matrix.shape[1]),
+        joint_dim,
+        kind=text_encoder,
+        units=units,
+        train_word_vectors=train_word_vectors,
+        dropout=text_dropout,
+        word_vectors_dtype=word_vectors_dtype,
+        lowercase=lowercase,
+        max_length=max_caption_length,
+        project=project_text,
+        embedding_matrix=embedding_matrix,
+        name="text_encoder",
+    )
+    # === Model ===
+    return DeViSEJointModel(projector, encoder, image_dim=image_dim, image_fingerprint=image_fingerprint, name="devise")
+
+
+class DeViSEModel:
+    """A trained joint embedding: image features and raw text to unit vectors.
+
+    Args:
+        keras_model: a :class:`DeViSEJointModel`.
+
+    Example:
+    ```python
+    model = devise.DeViSEModel.load("runs/demo-20261127-101500")   # or .../model.keras
+    text = model.embed_texts(["two crimson kites"])          # (1, joint_dim)
+    images = model.embed_image_features(features)            # (N, joint_dim)
+    best = np.argsort(-(images @ text[0]))[:10]
+    model.unknown_words("a zxqv dog")                        # ["zxqv"]
+    ```
+    """
+
+    def __init__(self, keras_model: DeViSEJointModel):
+        if not isinstance(keras_model, DeViSEJointModel):
+            raise TypeError(f"DeViSEModel wraps a DeViSEJointModel, got {type(keras_model).__name__}")
+        self.keras_model = keras_model
+        self._fingerprint: str | None = None
 
     @property
     def image_projector(self) -> LinearProjector:
-        return self.keras_model.get_layer("image_projector")
+        return self.keras_model.image_projector
 
     @property
-    def text_encoder(self) -> LSTMTextEncoder:
-        return self.keras_model.get_layer("text_encoder")
+    def text_encoder(self) -> TextEncoder:
+        return self.keras_model.text_encoder
+
+    @property
+    def image_fingerprint(self) -> str:
+        return self.keras_model.image_fingerprint
+
+    @property
+    def max_caption_length(self) -> int:
+        return self.text_encoder.max_length
 
     @property
     def joint_dim(self) -> int:
@@ -102,23 +215,77 @@ class DeViSEModel:
 
     @property
     def image_dim(self) -> int:
-        return int(self.image_projector.dense.kernel.shape[0])
+        return self.keras_model.image_dim
+
+    @property
+    def words(self) -> list[str]:
+        """The words of the model's table (each embeds with its own vector)."""
+        return self.text_encoder.vocabulary
 
     def fingerprint(self) -> str:
-        """A hash of every weight, the vocabulary and the image extractor's fingerprint.
+        """A hash of every weight, the word table and the image extractor's fingerprint.
 
         Anything built from this model's embeddings (an image index) stores
         it, and readers refuse a mismatch instead of mixing two models'
-        vector spaces.
+        vector spaces. Computed once per model object.
         """
-        digest = hashlib.sha256()
-        digest.update(self.image_fingerprint.encode())
-        digest.update("\n".join(self.vocabulary.words).encode())
-        for weight in self.keras_model.get_weights():
-            array = np.ascontiguousarray(weight)
-            digest.update(str(array.shape).encode())
-            digest.update(array.tobytes())
-        return digest.hexdigest()
+        if self._fingerprint is None:
+            digest = hashlib.sha256()
+            digest.update(self.image_fingerprint.encode())
+            digest.update("\n".join(self.words).encode())
+            for weight in self.keras_model.get_weights():
+                array = np.ascontiguousarray(weight)
+                digest.update(str(array.shape).encode())
+                digest.update(array.tobytes())
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
+
+    # -- text ---------------------------------------------------------------------
+    def tokenize(self, text: str) -> list[str]:
+        """The tokens of ``text`` as the model's word table spells them."""
+        return self.text_encoder.tokenize(text)
+
+    def unknown_words(self, text: str) -> list[str]:
+        """The words of ``text`` that the model's word table lacks (each once, in order)."""
+        known = self.text_encoder.known_words
+        return list(dict.fromkeys(t for t in self.tokenize(text) if t not in known))
+
+    def check_query(self, text: str) -> list[str]:
+        """Refuse a query that cannot be embedded; return its unknown words otherwise.
+
+        Raises:
+            QueryError: ``text`` has no word at all, or none the model knows.
+        """
+        if not isinstance(text, str):
+            raise QueryError(f"a query is a string, got {type(text).__name__}")
+        tokens = self.tokenize(text)
+        if not tokens:
+            raise QueryError("the query is empty: type some words (e.g. 'a red circle')")
+        unknown = self.unknown_words(text)
+        if len(unknown) == len(set(tokens)):
+            raise QueryError(
+                f"no word of the query {text!r} has a word vector (unknown: {', '.join(unknown)}); "
+                "try other words or check the spelling",
+                unknown,
+            )
+        return unknown
+
+    def embed_texts(self, texts: Sequence[str], *, batch_size: int = 256) -> np.ndarray:
+        """Joint-space unit vectors ``(N, joint_dim)`` of captions or queries.
+
+        Words missing from the table embed as the unknown word; see
+        :meth:`check_query` to refuse queries with no known word.
+        """
+        if isinstance(texts, str):
+            raise TypeError("embed_texts takes a list of strings; wrap a single query in a list")
+        texts = list(texts)
+        out = np.empty((len(texts), self.joint_dim), np.float32)
+        for start in range(0, len(texts), batch_size):
+            tokens, _ = self.text_encoder.encode_texts(texts[start : start + batch_size])
+            out[start : start + len(tokens)] = keras.ops.convert_to_numpy(
+                self.text_encoder(tokens.astype(str), training=False)
+            )
+        return out
 
     def embed_image_features(self, features: np.ndarray, *, batch_size: int = 1024) -> np.ndarray:
         """Joint-space unit vectors ``(N, joint_dim)`` of CNN features ``(N, image_dim)``."""
@@ -126,22 +293,13 @@ class DeViSEModel:
         out = np.empty((len(features), self.joint_dim), np.float32)
         for start in range(0, len(features), batch_size):
             out[start : start + batch_size] = keras.ops.convert_to_numpy(
-                self.image_projector(features[start : start + batch_size])
+                self.image_projector(features[start : start + batch_size], training=False)
             )
         return out
 
-    def embed_texts(self, texts: Sequence[str], *, batch_size: int = 256) -> np.ndarray:
-        """Joint-space unit vectors ``(N, joint_dim)`` of captions or queries."""
-        if isinstance(texts, str):
-            raise TypeError("embed_texts takes a list of strings; wrap a single query in a list")
-        out = np.empty((len(texts), self.joint_dim), np.float32)
-        for start in range(0, len(texts), batch_size):
-            ids = self.vocabulary.encode(list(texts[start : start + batch_size]), self.max_caption_length)
-            out[start : start + len(ids)] = keras.ops.convert_to_numpy(self.text_encoder(ids, training=False))
-        return out
-
+    # -- files ------------------------------------------------------------------------
     def save(self, directory: str | os.PathLike) -> None:
-        """Write ``model.keras``, ``vocabulary.json`` and ``model.json`` into ``directory``.
+        """Write ``model.keras`` (everything needed) and ``model.json`` (a readable summary) into ``directory``.
 
         Each file is written under a temporary name and renamed into place,
         so an interrupted save never leaves a half-written model.
@@ -151,13 +309,17 @@ class DeViSEModel:
         tmp_model = os.path.join(directory, f".tmp-{os.getpid()}-{MODEL_FILE}")
         self.keras_model.save(tmp_model)
         os.replace(tmp_model, os.path.join(directory, MODEL_FILE))
-        tmp_vocab = os.path.join(directory, f".tmp-{os.getpid()}-{VOCABULARY_FILE}")
-        self.vocabulary.save(tmp_vocab)
-        os.replace(tmp_vocab, os.path.join(directory, VOCABULARY_FILE))
+        encoder = self.text_encoder
         meta = {
-            "max_caption_length": self.max_caption_length,
-            "image_fingerprint": self.image_fingerprint,
             "joint_dim": self.joint_dim,
+            "image_dim": self.image_dim,
+            "image_fingerprint": self.image_fingerprint,
+            "text_encoder": encoder.kind,
+            "words": len(encoder.vocabulary),
+            "word_dim": encoder.word_dim,
+            "word_vectors_dtype": encoder.word_vectors_dtype,
+            "max_caption_length": self.max_caption_length,
+            "lowercase": encoder.lowercase,
         }
         tmp_meta = os.path.join(directory, f".tmp-{os.getpid()}-{META_FILE}")
         with open(tmp_meta, "w", encoding="utf-8") as f:
@@ -165,28 +327,19 @@ class DeViSEModel:
         os.replace(tmp_meta, os.path.join(directory, META_FILE))
 
     @classmethod
-    def load(cls, directory: str | os.PathLike) -> "DeViSEModel":
-        """Load a model saved by :meth:`save` (e.g. a training run directory)."""
-        directory = os.fspath(directory)
-        paths = [os.path.join(directory, name) for name in (MODEL_FILE, VOCABULARY_FILE, META_FILE)]
-        missing = [p for p in paths if not os.path.isfile(p)]
-        if missing:
-            raise DataFormatError(
-                f"{directory}: not a devise model directory (missing {', '.join(os.path.basename(m) for m in missing)})"
-            )
+    def load(cls, path: str | os.PathLike) -> "DeViSEModel":
+        """Load a model from a ``model.keras`` file or a directory holding one (e.g. a run directory)."""
+        path = os.fspath(path)
+        file = os.path.join(path, MODEL_FILE) if os.path.isdir(path) else path
+        if not os.path.isfile(file):
+            raise DataFormatError(f"{path}: not a devise model (no {MODEL_FILE})")
         try:
-            with open(paths[2], encoding="utf-8") as f:
-                meta = json.load(f)
-            max_caption_length = int(meta["max_caption_length"])
-            image_fingerprint = str(meta.get("image_fingerprint") or "")
+            keras_model = keras.saving.load_model(file, compile=False)
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            # A hand-edited or truncated model.json must not end in a traceback.
+            raise DataFormatError(f"{file}: cannot load model ({type(exc).__name__}: {exc})") from None
+        if not isinstance(keras_model, DeViSEJointModel):
             raise DataFormatError(
-                f"{paths[2]}: not a devise model description ({type(exc).__name__}: {exc}); "
-                "it needs an integer 'max_caption_length'"
-            ) from None
-        try:
-            keras_model = keras.saving.load_model(paths[0], compile=False)
-        except (OSError, ValueError, KeyError) as exc:
-            raise DataFormatError(f"{directory}: cannot load model ({exc})") from None
-        return cls(keras_model, Vocabulary.load(paths[1]), max_caption_length, image_fingerprint)
+                f"{file}: a Keras model but not a devise joint model ({type(keras_model).__name__}); "
+                "retrain it with this version of devise"
+            )
+        return cls(keras_model)

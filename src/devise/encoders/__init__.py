@@ -1,4 +1,4 @@
-"""Image and text encoders: CNN feature extractors, the feature cache, the LSTM and the projector."""
+"""Image and text encoders: CNN feature extractors, the feature cache, the text encoder and the projector."""
 
 from devise.encoders.efficientnet_lite import (
     EfficientNetLite0FeatureExtractor,
@@ -9,7 +9,7 @@ from devise.encoders.efficientnet_lite import (
 from devise.encoders.feature_cache import FeatureCache, FeatureTable, default_cache_path
 from devise.encoders.feature_extractor import ExtractionResult, FeatureExtractor
 from devise.encoders.projector import L2Normalize, LinearProjector
-from devise.encoders.text_encoder import LSTMTextEncoder
+from devise.encoders.text_encoder import TEXT_ENCODER_KINDS, TextEncoder
 from devise.encoders.torch_state_dict import load_torch_state_dict
 from devise.encoders.vgg16 import VGG16FeatureExtractor
 
@@ -20,7 +20,8 @@ __all__ = [
     "FeatureExtractor",
     "FeatureTable",
     "L2Normalize",
-    "LSTMTextEncoder",
+    "TEXT_ENCODER_KINDS",
+    "TextEncoder",
     "LinearProjector",
     "VGG16FeatureExtractor",
     "build_efficientnet_lite0",

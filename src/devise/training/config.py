@@ -84,6 +84,9 @@ class WordVectorsConfig:
     url: str | None = None
     oov: Literal["random", "zero", "unk"] = "random"
     train: bool = False
+    max_words: int | None = _number(100_000, at_least=1)
+    dtype: Literal["float32", "float16"] = "float32"
+    lowercase: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +99,7 @@ class ImageEncoderConfig:
     batch_size: int = _number(32, at_least=1)
     device: str | None = None
     cache_dir: str = "data/feature_cache"
+    resize: Literal["crop", "pad"] = "crop"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,17 +107,21 @@ class ModelConfig:
     """Sizes of the joint model."""
 
     joint_dim: int = _number(256, at_least=1)
+    text_encoder: Literal["lstm", "gru", "bilstm", "mean"] = "lstm"
     lstm_units: int = _number(256, at_least=1)
     projector_bias: bool = False
     text_dropout: float = _number(0.0, at_least=0.0, below=1.0)
+    image_dropout: float = _number(0.0, at_least=0.0, below=1.0)
+    standardize_features: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
-    """The hinge rank loss."""
+    """The training objective: the hinge rank loss, or the paper's L2 regression baseline."""
 
+    kind: Literal["hinge_rank", "regression"] = "hinge_rank"
     margin: float = _number(0.1, at_least=0.0)
-    negatives: Literal["all", "hardest"] = "all"
+    negatives: Literal["all", "hardest", "sampled"] = "all"
     directions: Literal["both", "image_to_text", "text_to_image"] = "both"
 
 
@@ -126,6 +134,7 @@ class TrainerConfig:
     optimizer: Literal["adam", "adagrad", "sgd"] = "adam"
     learning_rate: float = _number(2e-4, above=0.0)
     clip_norm: float | None = _number(2.0, above=0.0)
+    weight_decay: float = _number(0.0, at_least=0.0)
     strategy: Literal["off", "mirrored", "multi_worker_mirrored"] = "off"
     seed: int = _number(0, at_least=0)
     eval_split: Literal["train", "val", "test"] = "test"

@@ -1,12 +1,14 @@
-"""Config -> data -> cached features -> vocabulary -> model -> fit -> evaluation."""
+"""Config -> data -> cached features -> word table -> model -> fit -> evaluation."""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import importlib.util
 import os
 import sys
 import time
+from collections.abc import Sequence
 
 import keras
 import numpy as np
@@ -17,16 +19,17 @@ from devise.datasets.records import CaptionRecord, unique_images
 from devise.datasets.report import DataReport
 from devise.datasets.shapes import generate_shapes
 from devise.datasets.splits import assert_disjoint, split_by_category
-from devise.datasets.text import Vocabulary
-from devise.embeddings.glove import build_embedding_matrix, load_offline_glove_50d
+from devise.datasets.text import tokenize
+from devise.embeddings.glove import WordVectors, load_offline_glove_50d
 from devise.embeddings.vector_cache import load_word_vectors_cached
+from devise.embeddings.word_table import WordTable, build_word_table
 from devise.encoders.feature_cache import FeatureCache, default_cache_path
 from devise.encoders.feature_extractor import FeatureExtractor
 from devise.errors import DeviseError
 from devise.losses.hinge_rank import HingeRankLoss
-from devise.model import DeViSEModel, build_joint_keras_model
+from devise.model import DeViSEJointModel, DeViSEModel, build_devise_model
 from devise.training.config import ExperimentConfig, save_config
-from devise.training.evaluation import evaluate_retrieval, format_metrics_table
+from devise.training.evaluation import caption_key, evaluate_retrieval, format_metrics_table
 from devise.training.resources import check_resources
 from devise.training.run_directory import create_run_directory, write_json
 
@@ -66,11 +69,13 @@ def make_feature_extractor(config: ExperimentConfig) -> FeatureExtractor:
         from devise.encoders.vgg16 import VGG16FeatureExtractor
 
         return VGG16FeatureExtractor(
-            enc.weights, allow_download=enc.allow_download, batch_size=enc.batch_size, device=enc.device
+            enc.weights, allow_download=enc.allow_download, batch_size=enc.batch_size, device=enc.device, resize=enc.resize
         )
     from devise.encoders.efficientnet_lite import EfficientNetLite0FeatureExtractor
 
-    return EfficientNetLite0FeatureExtractor(enc.weights, batch_size=enc.batch_size, device=enc.device)
+    return EfficientNetLite0FeatureExtractor(
+        enc.weights, batch_size=enc.batch_size, device=enc.device, resize=enc.resize
+    )
 
 
 class Trainer:
@@ -143,13 +148,13 @@ class Trainer:
         )
         return table.as_dict()
 
-    def word_vectors(self, vocabulary: Vocabulary):
+    def word_vectors(self) -> WordVectors:
+        """Every vector of the configured source (the table keeps ``max_words`` of them)."""
         wv = self.config.word_vectors
-        words = vocabulary.words[2:]
         if wv.source == "file":
             result = load_word_vectors_cached(
                 wv.path,
-                vocabulary=words,
+                vocabulary=None,
                 dim=wv.dim,
                 fmt=wv.format,
                 cache_dir=wv.cache_dir,
@@ -158,7 +163,37 @@ class Trainer:
             if result.issue_count:
                 self._log(f"word vectors: {result.summary()}")
             return result.vectors
-        return load_offline_glove_50d(vocabulary=words)
+        return load_offline_glove_50d()
+
+    def word_table(self, train_captions: Sequence[str], splits: dict[str, list[CaptionRecord]], run_dir: str):
+        """The model's word table: the source's words plus the training-caption words; writes ``text_stats.json``."""
+        config = self.config
+        wv = config.word_vectors
+        source = self.word_vectors()
+        known = source.index
+        counts = collections.Counter(
+            token for caption in train_captions for token in tokenize(caption, known, lowercase=wv.lowercase)
+        )
+        # Words without a vector join the table only if seen often enough to learn.
+        counts = {w: c for w, c in counts.items() if w in known or c >= config.data.min_word_count}
+        table = build_word_table(source, caption_counts=counts, max_words=wv.max_words, oov=wv.oov, seed=config.trainer.seed)
+        in_table = set(table.words)
+        write_json(
+            os.path.join(run_dir, "text_stats.json"),
+            {
+                "word_table": table.report,
+                "captions": {
+                    name: caption_word_stats([r.caption for r in recs], in_table, set(counts), lowercase=wv.lowercase)
+                    for name, recs in splits.items()
+                },
+            },
+        )
+        self._log(
+            f"word table: {len(table.words)} words ({table.report['source_words']} from the word vectors, "
+            f"{table.report['caption_words_added']} more training words with vectors, "
+            f"{table.report['caption_words_without_vector']} training words without one)"
+        )
+        return table
 
     # -- the run ------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -199,28 +234,11 @@ class Trainer:
             + ", ".join(f"{n} {len(unique_images(r))} images / {len(r)} captions" for n, r in splits.items())
         )
 
-        train_captions = [r.caption for r in splits["train"]]
-        vocabulary = Vocabulary.build(train_captions, min_count=config.data.min_word_count)
-        vectors = self.word_vectors(vocabulary)
-        matrix, oov_report = build_embedding_matrix(
-            vocabulary.words, vectors, oov=config.word_vectors.oov, seed=config.trainer.seed, counts=vocabulary.counts
-        )
-        write_json(
-            os.path.join(run_dir, "text_stats.json"),
-            {
-                "vocabulary_size": len(vocabulary),
-                "word_vectors": oov_report.to_dict(),
-                "caption_oov": {
-                    name: vocabulary.oov_stats(r.caption for r in recs) for name, recs in splits.items()
-                },
-            },
-        )
-        self._log(
-            f"vocabulary: {len(vocabulary)} words from training captions; "
-            f"{oov_report.oov_count} without a word vector ({100 * oov_report.oov_rate:.1f}%)"
-        )
-
-        model, history = self.fit(splits, features, vocabulary, matrix, run_dir)
+        table = self.word_table([r.caption for r in splits["train"]], splits, run_dir)
+        if config.loss.kind == "regression":
+            model, history = self.fit_regression(splits, features, table)
+        else:
+            model, history = self.fit(splits, features, table, run_dir)
         eval_split = config.trainer.eval_split
         metrics = evaluate_retrieval(model, splits[eval_split], features)
         metrics["split"] = eval_split
@@ -233,40 +251,64 @@ class Trainer:
             print(f"run directory: {run_dir}")
         return TrainResult(run_dir, model, metrics, history)
 
-    def fit(self, splits, features, vocabulary, matrix, run_dir):
+    def build_model(self, table: WordTable, image_dim: int, *, regression: bool = False) -> DeViSEJointModel:
+        """The joint model the config describes (the regression baseline: mean word vectors, no text map)."""
+        config = self.config
+        return build_devise_model(
+            words=table.words,
+            embedding_matrix=table.matrix,
+            image_dim=image_dim,
+            joint_dim=table.dim if regression else config.model.joint_dim,
+            text_encoder="mean" if regression else config.model.text_encoder,
+            units=config.model.lstm_units,
+            max_caption_length=config.data.max_caption_length,
+            train_word_vectors=config.word_vectors.train and not regression,
+            word_vectors_dtype=config.word_vectors.dtype,
+            lowercase=config.word_vectors.lowercase,
+            text_dropout=config.model.text_dropout,
+            project_text=not regression,
+            image_dropout=config.model.image_dropout,
+            standardize_features=config.model.standardize_features,
+            projector_bias=config.model.projector_bias or regression,
+            image_fingerprint=make_feature_extractor(config).fingerprint(),
+        )
+
+    def fit(self, splits, features, table: WordTable, run_dir: str):
         config = self.config
         tc = config.trainer
-        length = config.data.max_caption_length
         strategy = make_strategy(tc.strategy)
         image_dim = len(next(iter(features.values())))
         with strategy.scope():
-            keras_model = build_joint_keras_model(
-                image_dim=image_dim,
-                vocabulary_size=len(vocabulary),
-                word_dim=matrix.shape[1],
-                joint_dim=config.model.joint_dim,
-                lstm_units=config.model.lstm_units,
-                max_caption_length=length,
-                embedding_matrix=matrix,
-                train_word_vectors=config.word_vectors.train,
-                projector_bias=config.model.projector_bias,
-                text_dropout=config.model.text_dropout,
-            )
+            keras_model = self.build_model(table, image_dim)
+            if config.model.standardize_features:
+                keras_model.image_projector.set_feature_statistics(
+                    np.stack([features[r.image_id] for r in unique_images(splits["train"])])
+                )
             optimizer = {"adam": keras.optimizers.Adam, "adagrad": keras.optimizers.Adagrad, "sgd": keras.optimizers.SGD}[
                 tc.optimizer
-            ](learning_rate=tc.learning_rate, clipnorm=tc.clip_norm)
-            loss = HingeRankLoss(config.loss.margin, negatives=config.loss.negatives, directions=config.loss.directions)
+            ](learning_rate=tc.learning_rate, clipnorm=tc.clip_norm, weight_decay=tc.weight_decay or None)
+            if tc.weight_decay:
+                # Weight decay regularises the image side only: the text side's table and recurrent weights keep theirs.
+                optimizer.exclude_from_weight_decay(var_list=keras_model.text_encoder.trainable_variables)
+            loss = HingeRankLoss(
+                config.loss.margin, negatives=config.loss.negatives, directions=config.loss.directions, seed=tc.seed
+            )
             keras_model.compile(optimizer=optimizer, loss=loss)
-        model = DeViSEModel(keras_model, vocabulary, length, make_feature_extractor(config).fingerprint())
+        model = DeViSEModel(keras_model)
 
         def dataset(records, shuffle):
             ids = sorted({r.image_id for r in records})
             group = {image_id: i for i, image_id in enumerate(ids)}
+            # Identical captions (after tokenising) are never each other's negatives.
+            caption_group: dict[str, int] = {}
             x = {
                 "image_features": np.stack([features[r.image_id] for r in records]).astype(np.float32),
-                "token_ids": vocabulary.encode([r.caption for r in records], length),
+                "tokens": tf.constant(keras_model.text_encoder.encode_texts([r.caption for r in records])[0].astype(str)),
             }
-            y = np.array([group[r.image_id] for r in records], np.int32)
+            y = np.array(
+                [[group[r.image_id], caption_group.setdefault(caption_key(r.caption), len(caption_group))] for r in records],
+                np.int32,
+            )
             ds = tf.data.Dataset.from_tensor_slices((x, y))
             if shuffle:
                 ds = ds.shuffle(len(records), seed=tc.seed, reshuffle_each_iteration=True)
@@ -294,6 +336,77 @@ class Trainer:
             selector.restore_best()
         return model, {k: [float(v) for v in vals] for k, vals in history.history.items()}
 
+    def fit_regression(self, splits, features, table: WordTable):
+        """The paper's baseline: ridge regression from image features to the mean word vector of their captions.
+
+        Closed form (one SVD of the training features), the penalty chosen
+        from a grid by validation R-sum (without a validation split, the
+        middle of the grid). The model's text side is the unit mean word
+        vector and its image side the fitted linear map, so it is evaluated,
+        saved and searched like any other model.
+        """
+        image_dim = len(next(iter(features.values())))
+        keras_model = self.build_model(table, image_dim, regression=True)
+        model = DeViSEModel(keras_model)
+        images = unique_images(splits["train"])
+        x = np.stack([features[r.image_id] for r in images]).astype(np.float64)
+        if self.config.model.standardize_features:
+            keras_model.image_projector.set_feature_statistics(x)
+            projector = keras_model.image_projector
+            x = (x - projector.feature_mean.numpy()) / projector.feature_scale.numpy()
+        # Least squares over (image, caption) rows equals least squares over images against
+        # the mean target of their captions, each row weighted by its caption count.
+        targets = model.embed_texts([r.caption for r in splits["train"]]).astype(np.float64)
+        row = {r.image_id: i for i, r in enumerate(images)}
+        t = np.zeros((len(images), targets.shape[1]))
+        n = np.zeros(len(images))
+        for record, target in zip(splits["train"], targets):
+            t[row[record.image_id]] += target
+            n[row[record.image_id]] += 1
+        t /= n[:, None]
+        w = np.sqrt(n)[:, None]
+        x_mean, t_mean = (x * n[:, None]).sum(0) / n.sum(), (t * n[:, None]).sum(0) / n.sum()
+        u, s, vt = np.linalg.svd((x - x_mean) * w, full_matrices=False)
+        ut_t = u.T @ ((t - t_mean) * w)
+        scale = float(np.mean(s**2))
+        history: dict[str, list[float]] = {"ridge_penalty": [], "val_rsum": []}
+        best = None
+        grid = [scale * f for f in (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)]
+        if not splits.get("val"):
+            grid = [grid[len(grid) // 2]]
+        for penalty in grid:
+            kernel = vt.T @ ((s / (s**2 + penalty))[:, None] * ut_t)
+            bias = t_mean - x_mean @ kernel
+            keras_model.image_projector.dense.set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
+            rsum = _rsum(evaluate_retrieval(model, splits["val"], features)) if splits.get("val") else 0.0
+            history["ridge_penalty"].append(penalty)
+            history["val_rsum"].append(rsum)
+            if best is None or rsum > best[0]:
+                best = (rsum, kernel, bias, penalty)
+        rsum, kernel, bias, penalty = best
+        keras_model.image_projector.dense.set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
+        self._log(f"ridge regression: penalty {penalty:.3g} chosen (validation R-sum {rsum:.1f})")
+        return model, history
+
+
+def _rsum(metrics: dict) -> float:
+    return sum(metrics[d][k] for d in ("text_to_image", "image_to_text") for k in ("R@1", "R@5", "R@10"))
+
+
+def caption_word_stats(captions: Sequence[str], table: set[str], train_words: set[str], *, lowercase: bool = True) -> dict:
+    """How many caption tokens the word table lacks, and how many never occur in training captions."""
+    tokens = [t for caption in captions for t in tokenize(caption, table, lowercase=lowercase)]
+    unknown = collections.Counter(t for t in tokens if t not in table)
+    unseen = collections.Counter(t for t in tokens if t not in train_words)
+    return {
+        "tokens": len(tokens),
+        "not_in_table_tokens": sum(unknown.values()),
+        "not_in_table_rate": sum(unknown.values()) / len(tokens) if tokens else 0.0,
+        "unseen_in_training_tokens": sum(unseen.values()),
+        "unseen_in_training_rate": sum(unseen.values()) / len(tokens) if tokens else 0.0,
+        "most_common_not_in_table": unknown.most_common(20),
+    }
+
 
 class BestValidationRecall(keras.callbacks.Callback):
     """Validation R-sum (R@1+5+10, both directions) each epoch; keeps the best weights.
@@ -317,7 +430,7 @@ class BestValidationRecall(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         metrics = evaluate_retrieval(self.devise_model, self.records, self.features)
-        rsum = sum(metrics[d][k] for d in ("text_to_image", "image_to_text") for k in ("R@1", "R@5", "R@10"))
+        rsum = _rsum(metrics)
         if logs is not None:
             logs["val_rsum"] = rsum
             logs["val_t2i_R@10"] = metrics["text_to_image"]["R@10"]
