@@ -94,7 +94,7 @@ def build_word_table(
     )
     report = {
         "table_words": len(words),
-        "source_words": len(kept),
+        "source_words": len(taken),  # distinct: a source may repeat a word
         "caption_words_added": len(with_vector),
         "caption_words_without_vector": len(without_vector),
         "caption_oov_token_rate": oov_report.oov_token_rate,
