@@ -46,7 +46,10 @@ class DeViSEJointModel(keras.Model):
     ```python
     model = DeViSEJointModel(LinearProjector(256), TextEncoder(words, 50, 256), image_dim=1280)
     model.compile(optimizer="adam", loss=devise.losses.HingeRankLoss(0.1))
-    model.fit({"image_features": x, "tokens": tokens}, image_ids, epochs=5)
+    tokens, _ = model.text_encoder.encode_texts(captions)
+    # String tokens go through tf.data: Keras' numpy adapter rejects string arrays.
+    data = tf.data.Dataset.from_tensor_slices(({"image_features": x, "tokens": tokens.astype(str)}, image_ids))
+    model.fit(data.batch(32), epochs=5)
     ```
     """
 
