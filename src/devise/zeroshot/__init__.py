@@ -17,7 +17,15 @@ result = zs.run_zeroshot_methods(
 )
 print(zs.format_zeroshot_table(result))
 ```
+
+Label vectors, splits and metrics need only NumPy; the methods and the
+experiment (Keras) load on first use, so evaluating saved scores does not
+import TensorFlow.
 """
+
+from __future__ import annotations
+
+import importlib
 
 from devise.zeroshot.labels import LabelVectors, MissingLabelVectorsError, label_vectors, random_label_vectors
 from devise.zeroshot.metrics import (
@@ -39,11 +47,28 @@ from devise.zeroshot.unseen import (
     split_unseen_classes,
 )
 
+# Names whose modules import Keras, loaded on first access.
+_LAZY = {
+    "ZEROSHOT_METHODS": "devise.zeroshot.experiment",
+    "format_zeroshot_table": "devise.zeroshot.experiment",
+    "run_zeroshot_methods": "devise.zeroshot.experiment",
+    "LabelHingeRankLoss": "devise.zeroshot.label_hinge",
+    "ConSE": "devise.zeroshot.methods",
+    "DeViSEClassifier": "devise.zeroshot.methods",
+    "SoftmaxClassifier": "devise.zeroshot.methods",
+    "random_vectors_control": "devise.zeroshot.methods",
+}
+
 __all__ = [
     "ZEROSHOT_KS",
+    "ZEROSHOT_METHODS",
     "ZEROSHOT_SETTINGS",
+    "ConSE",
+    "DeViSEClassifier",
+    "LabelHingeRankLoss",
     "LabelVectors",
     "MissingLabelVectorsError",
+    "SoftmaxClassifier",
     "SplitImage",
     "ZeroShotScorer",
     "ZeroShotSplit",
@@ -52,10 +77,25 @@ __all__ = [
     "chance_hit_at_k",
     "check_unseen_names",
     "evaluate_zeroshot",
+    "format_zeroshot_table",
     "hit_at_k",
     "label_vectors",
     "per_class_hit_at_1",
     "random_label_vectors",
+    "random_vectors_control",
+    "run_zeroshot_methods",
     "split_unseen_classes",
     "true_class_ranks",
 ]
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'devise.zeroshot' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
