@@ -17,7 +17,7 @@ import numpy as np
 from devise.errors import DeviseError
 from devise.zeroshot.labels import LabelVectors, MissingLabelVectorsError
 from devise.zeroshot.methods import ConSE, DeViSEClassifier, SoftmaxClassifier, random_vectors_control
-from devise.zeroshot.metrics import ZEROSHOT_KS, ZEROSHOT_SETTINGS, evaluate_zeroshot
+from devise.zeroshot.metrics import ZEROSHOT_KS, ZEROSHOT_SETTINGS, ZeroShotScorer, evaluate_zeroshot
 from devise.zeroshot.unseen import assert_no_unseen_labels, check_unseen_names
 
 #: Method names, in result and table order.
@@ -129,23 +129,17 @@ def run_zeroshot_methods(
         standardize=standardize,
         seed=seed,
     )
-    fitted = {}
-    for name in ZEROSHOT_METHODS:
-        if name not in methods:
-            continue
-        if name == "devise":
-            fitted[name] = DeViSEClassifier(vectors, margin=margin, **training)
-        elif name == "random_vectors":
-            fitted[name] = random_vectors_control(len(names), vectors.shape[1], margin=margin, **training)
-        elif name in ("softmax", "conse"):
-            softmax = fitted.get("softmax_model")
-            if softmax is None:
-                softmax = fitted["softmax_model"] = SoftmaxClassifier(len(names), **training).fit(
-                    train_features, train_labels, classes=seen_ids
-                )
-            fitted[name] = softmax if name == "softmax" else ConSE(softmax, vectors, top_t=top_t)
-            continue
-        fitted[name].fit(train_features, train_labels, classes=seen_ids)
+    fitted: dict[str, ZeroShotScorer] = {}
+    if "devise" in methods:
+        devise = DeViSEClassifier(vectors, margin=margin, **training)
+        fitted["devise"] = devise.fit(train_features, train_labels, classes=seen_ids)
+    if "softmax" in methods or "conse" in methods:
+        softmax = SoftmaxClassifier(len(names), **training).fit(train_features, train_labels, classes=seen_ids)
+        fitted["softmax"] = softmax
+        fitted["conse"] = ConSE(softmax, vectors, top_t=top_t)
+    if "random_vectors" in methods:
+        control = random_vectors_control(len(names), vectors.shape[1], margin=margin, **training)
+        fitted["random_vectors"] = control.fit(train_features, train_labels, classes=seen_ids)
 
     result: dict = {"methods": {}, "chance": {}, "per_class_hit@1": {}}
     for name in ZEROSHOT_METHODS:

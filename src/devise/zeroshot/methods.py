@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -69,8 +70,8 @@ class _LinearTrainer:
         if not self.standardize:
             return inputs, inputs
         # Training statistics only: the test set must not shape the model.
-        mean = features.mean(axis=0)
-        variance = features.var(axis=0)
+        mean = features.mean(axis=0, dtype=np.float64)
+        variance = features.var(axis=0, dtype=np.float64)
         standardized = keras.layers.Normalization(mean=mean, variance=variance, name="standardize")(inputs)
         return inputs, standardized
 
