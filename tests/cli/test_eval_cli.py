@@ -1,6 +1,7 @@
 import json
 import shutil
 
+import keras
 import pytest
 
 from devise.cli.eval import main
@@ -103,18 +104,20 @@ def test_bad_split_is_a_usage_error(tmp_path, capsys):
 
 def test_model_with_another_image_width_is_refused(run_copy, capsys):
     import devise
-    from devise.model import build_joint_keras_model
+    from devise.model import build_devise_model
 
     old = devise.DeViSEModel.load(run_copy)
-    narrow = build_joint_keras_model(
+    encoder = old.text_encoder
+    narrow = build_devise_model(
+        words=old.words,
+        embedding_matrix=keras.ops.convert_to_numpy(encoder.word_vectors),
         image_dim=7,
-        vocabulary_size=len(old.vocabulary),
-        word_dim=old.text_encoder.word_dim,
         joint_dim=old.joint_dim,
-        lstm_units=32,
+        units=32,
         max_caption_length=old.max_caption_length,
+        image_fingerprint=old.image_fingerprint,
     )
-    devise.DeViSEModel(narrow, old.vocabulary, old.max_caption_length, old.image_fingerprint).save(run_copy)
+    devise.DeViSEModel(narrow).save(run_copy)
     assert main(["--run", str(run_copy), "--quiet"]) == 1
     err = capsys.readouterr().err.strip()
     assert "7-d image features" in err and len(err.splitlines()) == 1

@@ -24,7 +24,7 @@ def test_train_end_to_end_on_tiny_demo(tiny_demo_args, tmp_path, repo_root, monk
     assert "text->image" in out and "image->text" in out and "(ch" in out
 
     run = tmp_path / "run"
-    for name in ("config.yaml", "metrics.json", "model.keras", "vocabulary.json", "model.json",
+    for name in ("config.yaml", "metrics.json", "model.keras", "model.json",
                  "data_report.json", "text_stats.json", "history.json"):
         assert (run / name).is_file(), name
     metrics = json.loads((run / "metrics.json").read_text())

@@ -36,6 +36,9 @@ class StubModel:
     def embed_image_features(self, features):
         return np.asarray(features, np.float32)
 
+    def check_query(self, text):
+        return []
+
 
 class StubExtractor:
     def fingerprint(self) -> str:

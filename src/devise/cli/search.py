@@ -65,11 +65,18 @@ def _read_captions(path: str) -> list[str]:
     return captions
 
 
-def _print_hits(kind: str, subject: str, hits, field: str, as_json: bool) -> None:
-    """Ranked hits as JSON (``{kind: subject, "results": [...]}``) or one line each: rank, score, ``field``."""
+def _print_hits(kind: str, subject: str, hits, field: str, as_json: bool, unknown: list[str] | None = None) -> None:
+    """Ranked hits as JSON (``{kind: subject, "results": [...]}``) or one line each: rank, score, ``field``.
+
+    ``unknown``: the query's words without a word vector, reported (in the
+    JSON as ``unknown_words``, otherwise on stderr) because they were ignored.
+    """
     if as_json:
-        print(json.dumps({kind: subject, "results": [h.to_dict() for h in hits]}, indent=2))
+        extra = {"unknown_words": unknown} if unknown is not None else {}
+        print(json.dumps({kind: subject, **extra, "results": [h.to_dict() for h in hits]}, indent=2))
         return
+    if unknown:
+        print(f"{PROG}: note: no word vector for {', '.join(map(repr, unknown))}; ignored", file=sys.stderr)
     for hit in hits:
         print(f"{hit.rank:>3}  {hit.score:+.3f}  {getattr(hit, field)}")
 
@@ -102,7 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.approximate:
             engine.use_approximate(nprobe=args.nprobe, rebuild=args.rebuild_approximate)
-        _print_hits("query", args.query, engine.search(args.query, k=args.k), "path", args.json)
+        hits = engine.search(args.query, k=args.k)  # refuses an empty query or one with no known word
+        _print_hits("query", args.query, hits, "path", args.json, engine.unknown_words(args.query))
         return 0
 
     return run_command(PROG, body)

@@ -194,8 +194,19 @@ class SearchEngine:
         return report
 
     # -- queries ----------------------------------------------------------------
+    def unknown_words(self, query: str) -> list[str]:
+        """The words of ``query`` that have no word vector in the model (they are ignored)."""
+        return self.model.unknown_words(query)
+
     def search(self, query: str, k: int = 10) -> list[SearchHit]:
-        """The ``k`` indexed images closest to a text query."""
+        """The ``k`` indexed images closest to a text query.
+
+        Any word the model's word vectors know counts, whether or not it was
+        in the training captions; see :meth:`unknown_words` for the others.
+
+        Raises:
+            QueryError: the query is empty or has no word with a vector.
+        """
         return self.search_batch([query], k)[0]
 
     def search_batch(self, queries: Sequence[str], k: int = 10) -> list[list[SearchHit]]:
@@ -204,6 +215,8 @@ class SearchEngine:
             raise DeviseError("no index loaded: pass one to SearchEngine.load or call use_index")
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
+        for query in queries:
+            self.model.check_query(query)
         vectors = self.model.embed_texts(list(queries))
         if self.approximate is not None:
             scores, rows = self.approximate.search(vectors, k)

@@ -20,7 +20,7 @@ from devise.training.run_directory import write_json, write_text
 from devise.training.trainer import Trainer, make_feature_extractor
 
 #: Files every devise run directory holds (the config and the saved model).
-RUN_FILES = ("config.yaml", "model.keras", "vocabulary.json", "model.json")
+RUN_FILES = ("config.yaml", "model.keras", "model.json")
 SPLITS = ("train", "val", "test")
 
 

@@ -5,8 +5,9 @@ request, 500 with no details for a fault of the server, whose traceback goes
 to the server's log only):
 
 * ``GET /`` -- the search page (self-contained: inline CSS and JavaScript, nothing from a CDN).
-* ``GET /api/search?q=TEXT&k=N`` -- ``{query, k, results: [{rank, row, id, score, thumbnail_url,
-  image_url, captions_url}]}``.
+* ``GET /api/search?q=TEXT&k=N`` -- ``{query, k, unknown_words, results: [{rank, row, id, score,
+  thumbnail_url, image_url, captions_url}]}``; ``unknown_words`` lists the query's words without a
+  word vector (ignored); a query with no word that has one is refused with 400.
 * ``GET /api/image/{row}`` -- the indexed image file at that row of the index.
 * ``GET /api/thumbnail/{row}`` -- a JPEG thumbnail of it (made with Pillow, cached in memory).
 * ``GET /api/captions/{row}?k=N`` -- the candidate captions that best describe that image.
@@ -38,7 +39,7 @@ import time
 from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from devise.errors import DeviseError, require
+from devise.errors import DeviseError, QueryError, require
 
 if TYPE_CHECKING:  # pragma: no cover
     from fastapi import FastAPI
@@ -252,6 +253,11 @@ def create_app(
         if cached is not None:
             return cached
         results = []
+        try:
+            with model_lock:
+                unknown = engine.model.check_query(query)
+        except QueryError as exc:  # no word of the query has a vector
+            fail(400, str(exc))
         if n_images:
             try:
                 with model_lock:
@@ -259,7 +265,7 @@ def create_app(
             except DeviseError as exc:  # e.g. the index file was rebuilt under the server
                 fail(409, str(exc))
             results = [result_dict(h.rank, index.row_of(h.id), h.id, h.score) for h in hits]
-        answer = {"query": query, "k": k, "results": results}
+        answer = {"query": query, "k": k, "unknown_words": unknown, "results": results}
         answers.put(key, answer)
         return answer
 
@@ -496,7 +502,9 @@ _PAGE = """<!doctype html>
       const data = await getJSON("/api/search?q=" + encodeURIComponent(text) + "&k=" + encodeURIComponent(k));
       if (seq !== searchSeq) return;
       results.replaceChildren(...data.results.map(card));
-      say(data.results.length + " images for \\u201c" + data.query + "\\u201d");
+      const unknown = (data.unknown_words || []).length
+        ? " (no word vector for: " + data.unknown_words.join(", ") + "; ignored)" : "";
+      say(data.results.length + " images for \\u201c" + data.query + "\\u201d" + unknown);
       history.replaceState(null, "", "?q=" + encodeURIComponent(text) + "&k=" + encodeURIComponent(k));
     } catch (error) {
       if (seq === searchSeq) { results.replaceChildren(); say(error.message, true); }
