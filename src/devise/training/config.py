@@ -57,10 +57,11 @@ class ShapesConfig:
 class DataConfig:
     """Which captions and images to train on."""
 
-    dataset: Literal["shapes", "pascal", "karpathy", "flickr_tokens", "coco", "manifest"] = "shapes"
+    dataset: Literal["shapes", "pascal", "karpathy", "flickr_tokens", "coco", "manifest", "folders"] = "shapes"
     root: str = "data/shapes"
     annotations: str | None = None
     images: str | None = None
+    labels: str | None = None
     download: bool = False
     url: str | None = None
     split: SplitConfig = SplitConfig()
@@ -141,6 +142,19 @@ class TrainerConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ZeroShotConfig:
+    """Zero-shot classification on a class-per-folder dataset (``data.dataset: folders``)."""
+
+    unseen: tuple[str, ...] = ()
+    allow_missing_labels: bool = False
+    epochs: int = _number(100, at_least=1)
+    learning_rate: float = _number(0.01, above=0.0)
+    margin: float = _number(0.1, at_least=0.0)
+    top_t: int = _number(10, at_least=1)
+    standardize: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     """The whole experiment: data -> features -> model -> training -> evaluation."""
 
@@ -152,6 +166,7 @@ class ExperimentConfig:
     model: ModelConfig = ModelConfig()
     loss: LossConfig = LossConfig()
     trainer: TrainerConfig = TrainerConfig()
+    zeroshot: ZeroShotConfig = ZeroShotConfig()
 
 
 # --------------------------------------------------------------------------
@@ -161,6 +176,8 @@ class ExperimentConfig:
 def _type_name(tp) -> str:
     if typing.get_origin(tp) is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is tuple:
+        return "a list"
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if tp is type(None):
@@ -183,6 +200,11 @@ def _convert(value: Any, tp, path: str):
             except ConfigError:
                 pass
         raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+    if origin is tuple:  # tuple[X, ...]: a YAML list (tuples keep the config frozen)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        item = typing.get_args(tp)[0]
+        return tuple(_convert(v, item, f"{path}[{i}]") for i, v in enumerate(value))
     if origin is Literal:
         choices = typing.get_args(tp)
         if value in choices:
@@ -243,8 +265,8 @@ def config_from_dict(data: dict, cls=ExperimentConfig):
 
 
 def config_to_dict(config) -> dict:
-    """Plain data (nested dicts) of a config, ready for YAML."""
-    return dataclasses.asdict(config)
+    """Plain data (nested dicts and lists) of a config, ready for YAML."""
+    return dataclasses.asdict(config, dict_factory=lambda items: {k: list(v) if isinstance(v, tuple) else v for k, v in items})
 
 
 def _parse_override(text: str) -> tuple[list[str], Any]:

@@ -39,6 +39,14 @@ def _missing_by_kind(config: ExperimentConfig, *, downloads_pending: bool = Fals
             check_pascal_layout(data.root)
         except MissingResourcesError as exc:
             problems["dataset"] = "; ".join(exc.problems)
+    elif data.dataset == "folders":
+        if not os.path.isdir(data.root):
+            problems["dataset"] = (
+                f"data.root: {os.path.abspath(data.root)} is not a folder; a class-per-folder dataset holds "
+                "<class>/<images> or <split>/<class>/<images> (splits train, val, test)"
+            )
+        if data.labels and not os.path.isfile(data.labels):
+            problems["dataset labels"] = f"data.labels: {os.path.abspath(data.labels)} does not exist"
     elif data.dataset != "shapes":
         for key, value in (("annotations", data.annotations), ("images", data.images)):
             if not value:

@@ -204,6 +204,10 @@ class Trainer:
         os.makedirs(run_dir, exist_ok=True)
         save_config(config, os.path.join(run_dir, "config.yaml"))
         self._log(f"run directory: {run_dir}")
+        from devise.training.zeroshot_run import is_zeroshot, run_zeroshot
+
+        if is_zeroshot(config):
+            return run_zeroshot(self, run_dir)
 
         report = DataReport(strict=config.data.strict)
         records = self.load_records(report)
@@ -251,8 +255,15 @@ class Trainer:
             print(f"run directory: {run_dir}")
         return TrainResult(run_dir, model, metrics, history)
 
-    def build_model(self, table: WordTable, image_dim: int, *, regression: bool = False) -> DeViSEJointModel:
-        """The joint model the config describes (the regression baseline: mean word vectors, no text map)."""
+    def build_model(
+        self, table: WordTable, image_dim: int, *, regression: bool = False, standardize: bool | None = None
+    ) -> DeViSEJointModel:
+        """The joint model the config describes.
+
+        ``regression=True``: the text side is the unit mean word vector (no
+        map), as in the regression baseline and zero-shot runs.
+        ``standardize`` overrides ``model.standardize_features``.
+        """
         config = self.config
         return build_devise_model(
             words=table.words,
@@ -268,7 +279,7 @@ class Trainer:
             text_dropout=config.model.text_dropout,
             project_text=not regression,
             image_dropout=config.model.image_dropout,
-            standardize_features=config.model.standardize_features,
+            standardize_features=config.model.standardize_features if standardize is None else standardize,
             projector_bias=config.model.projector_bias or regression,
             image_fingerprint=make_feature_extractor(config).fingerprint(),
         )

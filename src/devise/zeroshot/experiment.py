@@ -49,6 +49,7 @@ def run_zeroshot_methods(
     standardize: bool = True,
     methods: Sequence[str] = ZEROSHOT_METHODS,
     ks: Sequence[int] = ZEROSHOT_KS,
+    fitted: dict | None = None,
 ) -> dict:
     """Train and evaluate the zero-shot methods on cached features.
 
@@ -79,6 +80,8 @@ def run_zeroshot_methods(
         standardize: standardise features with training statistics.
         methods: which of :data:`ZEROSHOT_METHODS` to run.
         ks: the k of each hit@k.
+        fitted: if given, a dict that receives each trained method object
+            by name (e.g. to save the DeViSE map).
 
     Returns:
         ``{"methods": {method: {"unseen_hit@1": pct, ..., "all_hit@1": ...,
@@ -129,7 +132,7 @@ def run_zeroshot_methods(
         standardize=standardize,
         seed=seed,
     )
-    fitted: dict[str, ZeroShotScorer] = {}
+    fitted = {} if fitted is None else fitted
     if "devise" in methods:
         devise = DeViSEClassifier(vectors, margin=margin, **training)
         fitted["devise"] = devise.fit(train_features, train_labels, classes=seen_ids)
