@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from devise.encoders.feature_extractor import FeatureExtractor
-from devise.errors import DeviseError
+from devise.errors import DeviseError, QueryError
 from devise.model import DeViSEModel
 from devise.search.index import ImageIndex, IndexMismatchError, UpdateReport, exact_search, update_index
 
@@ -230,6 +230,44 @@ class SearchEngine:
             ]
             for query_scores, query_rows in zip(scores, rows)
         ]
+
+    def classify(
+        self, images: Sequence[str | os.PathLike], labels: Sequence[str], k: int = 5
+    ) -> tuple[list[list[CaptionHit] | None], list[tuple[str, str]]]:
+        """Open-vocabulary classification: rank any label words for each image file.
+
+        Works with caption-trained and label-trained (zero-shot) runs alike:
+        a label is embedded like a caption, so any word with a vector counts.
+
+        Args:
+            images: image files.
+            labels: candidate labels (e.g. ``["cat", "dog", "school bus"]``).
+            k: labels returned per image.
+
+        Returns:
+            ``(ranked, failures)``: per image its top ``k`` labels (``None``
+            for an image that could not be decoded) and ``(path, reason)``
+            for each such image.
+
+        Raises:
+            QueryError: a label is empty or has no word with a vector.
+        """
+        labels = list(dict.fromkeys(labels))
+        if not labels:
+            raise QueryError("classify needs at least one label")
+        for label in labels:
+            try:
+                self.model.check_query(label)
+            except QueryError as exc:
+                raise QueryError(f"label {label!r}: {exc}", exc.unknown_words) from None
+        embedded, indices, failures = self.embed_image_files([os.fspath(p) for p in images])
+        scores, rows = exact_search(self.model.embed_texts(labels), embedded, min(k, len(labels)))
+        ranked: list[list[CaptionHit] | None] = [None] * len(images)
+        for position, image_scores, image_rows in zip(indices, scores, rows):
+            ranked[position] = [
+                CaptionHit(rank + 1, labels[row], float(score)) for rank, (score, row) in enumerate(zip(image_scores, image_rows))
+            ]
+        return ranked, failures
 
     def annotate(self, image: str | os.PathLike, captions: Sequence[str], k: int = 5) -> list[CaptionHit]:
         """The ``k`` candidate captions that best describe an image file."""
