@@ -22,6 +22,8 @@ from devise.embeddings.glove import WordVectors, build_embedding_matrix
 
 #: Rows before the first word: padding (all zeros) and the unknown word.
 RESERVED_ROWS = 2
+#: The unknown word's token; a source word spelled so (some GloVe releases have one) is left out.
+UNKNOWN_WORD = "<unk>"
 
 
 @dataclasses.dataclass(eq=False)
@@ -82,10 +84,10 @@ def build_word_table(
         raise ValueError(f"max_words must be >= 0 or None, got {max_words}")
     counts = dict(caption_counts or {})
     kept = source.words if max_words is None else source.words[:max_words]
-    words = list(dict.fromkeys(kept))
+    words = [w for w in dict.fromkeys(kept) if w and w != UNKNOWN_WORD]
     taken = set(words)
     # Caption words in descending count order, ties alphabetical: deterministic.
-    extra = sorted((w for w in counts if w not in taken and w), key=lambda w: (-counts[w], w))
+    extra = sorted((w for w in counts if w not in taken and w and w != UNKNOWN_WORD), key=lambda w: (-counts[w], w))
     with_vector = [w for w in extra if w in source]
     without_vector = [w for w in extra if w not in source]
     words += with_vector + without_vector

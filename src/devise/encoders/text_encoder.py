@@ -14,11 +14,12 @@ import numpy as np
 from keras import ops
 
 from devise.datasets.text import tokenize
+from devise.embeddings.word_table import UNKNOWN_WORD
 from devise.encoders.projector import L2Normalize
 
 TEXT_ENCODER_KINDS = ("lstm", "gru", "bilstm", "mean")
 #: What the tokens of an empty caption become (the lookup's out-of-vocabulary token).
-UNKNOWN_TOKEN = "<unk>"
+UNKNOWN_TOKEN = UNKNOWN_WORD
 _PADDING = ""
 
 
