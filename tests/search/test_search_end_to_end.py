@@ -60,6 +60,21 @@ def test_cli_search_finds_each_test_image_by_its_caption(indexed, capsys):
 
 
 @pytest.mark.slow
+def test_cli_search_reports_unknown_words_and_refuses_queries_without_known_words(indexed, capsys):
+    run, out, config, folder = indexed
+    capsys.readouterr()
+    assert search_cli.main(["--index", str(out), "--json", "-k", "3", "two qqzzx stars"]) == 0
+    body = json.loads(capsys.readouterr().out)
+    assert body["unknown_words"] == ["qqzzx"] and len(body["results"]) == 3
+    assert search_cli.main(["--index", str(out), "-k", "3", "two qqzzx stars"]) == 0
+    assert "qqzzx" in capsys.readouterr().err
+    for query in ("qqzzx", "   ", "?!"):
+        assert search_cli.main(["--index", str(out), query]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("devise-search: error:") and len(err.splitlines()) == 1
+
+
+@pytest.mark.slow
 def test_approximate_search_agrees_with_exact_on_a_small_index(indexed, capsys):
     pytest.importorskip("faiss")
     run, out, config, folder = indexed

@@ -84,6 +84,16 @@ def test_search_returns_k_results_in_decreasing_score(server):
         assert r["image_url"] == f"/api/image/{r['row']}"
     # Same ranking as the Python API.
     assert [r["id"] for r in results] == [h.id for h in server.engine.search("two red circles", k=7)]
+    assert body["unknown_words"] == []
+
+
+@pytest.mark.slow
+def test_search_reports_words_without_a_vector(server):
+    status, body = get_json(server, search_path("two qqzzx circles", 3))
+    assert status == 200 and body["unknown_words"] == ["qqzzx"] and len(body["results"]) == 3
+    # A word absent from the demo captions but known to the word vectors counts.
+    status, body = get_json(server, search_path("a dog", 3))
+    assert status == 200 and body["unknown_words"] == []
 
 
 @pytest.mark.slow
@@ -159,6 +169,8 @@ def test_path_traversal_is_refused(server, raw_path):
         ("/api/search?q=red&k=ten", 400),
         ("/api/search?q=", 400),
         ("/api/search?q=%20%20%09", 400),
+        ("/api/search?q=qqzzx%20xxqzq", 400),  # no word with a vector
+        ("/api/search?q=%21%3F%2E", 400),  # punctuation only
         ("/api/search", 400),
         ("/api/search?" + urllib.parse.urlencode({"q": "red " * 2500}), 400),  # 10 kB
         ("/api/nothing-here", 404),

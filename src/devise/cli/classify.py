@@ -19,8 +19,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from devise.cli.common import console_entry, quiet_tensorflow, run_command
-from devise.cli.search import _read_captions
+from devise.cli.common import console_entry, quiet_tensorflow, read_lines, run_command
 
 PROG = "devise-classify"
 
@@ -56,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def body() -> int:
         from devise.search.engine import SearchEngine
 
-        chosen = labels if args.labels is not None else _read_captions(args.labels_file)
+        chosen = labels if args.labels is not None else read_lines(args.labels_file, "labels")
         engine = SearchEngine.load(args.run)
         ranked, failures = engine.classify(args.photos, chosen, k=args.k)
         unknown = {label: engine.unknown_words(label) for label in dict.fromkeys(chosen)}

@@ -16,8 +16,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from devise.cli.common import console_entry, quiet_tensorflow, run_command
-from devise.errors import DeviseError
+from devise.cli.common import console_entry, quiet_tensorflow, read_lines, run_command
 
 PROG = "devise-search"
 
@@ -48,21 +47,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --approximate: rebuild the FAISS index even if the one on disk looks valid",
     )
     return parser
-
-
-def _read_captions(path: str) -> list[str]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            captions = [line.strip() for line in f if line.strip()]
-    except FileNotFoundError:
-        raise DeviseError(f"{path}: captions file not found") from None
-    except OSError as exc:  # a folder, no permission, ...
-        raise DeviseError(f"{path}: cannot read the captions file ({exc.strerror or exc})") from None
-    except UnicodeDecodeError as exc:
-        raise DeviseError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    if not captions:
-        raise DeviseError(f"{path}: no captions in the file (one caption per line)")
-    return captions
 
 
 def _print_hits(kind: str, subject: str, hits, field: str, as_json: bool, unknown: list[str] | None = None) -> None:
@@ -100,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from devise.search.engine import SearchEngine, run_captions
 
         # Before the (slow) model load, so a bad file is reported at once.
-        captions = _read_captions(args.captions) if args.image is not None and args.captions else None
+        captions = read_lines(args.captions, "captions") if args.image is not None and args.captions else None
         engine = SearchEngine.load(args.run, args.index)
         if args.image is not None:
             if captions is None:

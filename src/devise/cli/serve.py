@@ -14,7 +14,7 @@ import ipaddress
 import sys
 from collections.abc import Sequence
 
-from devise.cli.common import console_entry, quiet_tensorflow, run_command
+from devise.cli.common import console_entry, quiet_tensorflow, read_lines, run_command
 
 PROG = "devise-serve"
 
@@ -70,9 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         captions = None
         if args.captions:
-            from devise.cli.search import _read_captions
-
-            captions = _read_captions(args.captions)
+            captions = read_lines(args.captions, "captions")
         engine = SearchEngine.load(args.run, args.index)
         app = create_app(engine, captions=captions, max_k=args.max_k, max_query_chars=args.max_query_chars)
         if not is_loopback(args.host):
