@@ -19,7 +19,7 @@ from devise.datasets.records import CaptionRecord, image_ids, unique_images
 from devise.datasets.report import DataProblem, DataReport
 from devise.datasets.shapes import SHAPES_CATEGORIES, generate_shapes, render_shapes_image
 from devise.datasets.splits import assert_disjoint, split_by_category
-from devise.datasets.text import Vocabulary, tokenize
+from devise.datasets.text import normalize_text, tokenize
 
 __all__ = [
     "PASCAL_CATEGORIES",
@@ -29,7 +29,6 @@ __all__ = [
     "DataProblem",
     "DataReport",
     "PascalItem",
-    "Vocabulary",
     "assert_disjoint",
     "check_pascal_layout",
     "class_images_by_split",
@@ -42,6 +41,7 @@ __all__ = [
     "render_shapes_image",
     "split_by_category",
     "split_class_images",
+    "normalize_text",
     "tokenize",
     "unique_images",
     "write_pascal_layout",

@@ -17,7 +17,7 @@ import numpy as np
 from devise.errors import DeviseError
 from devise.zeroshot.labels import LabelVectors, MissingLabelVectorsError
 from devise.zeroshot.methods import ConSE, DeViSEClassifier, SoftmaxClassifier, random_vectors_control
-from devise.zeroshot.metrics import ZEROSHOT_KS, ZEROSHOT_SETTINGS, ZeroShotScorer, evaluate_zeroshot
+from devise.zeroshot.metrics import ZEROSHOT_KS, ZEROSHOT_SETTINGS, evaluate_zeroshot
 from devise.zeroshot.unseen import assert_no_unseen_labels, check_unseen_names
 
 #: Method names, in result and table order.
