@@ -6,9 +6,6 @@ import re
 import unicodedata
 from collections.abc import Container
 
-
-
-
 # Letters/digits runs, keeping inner apostrophes ("don't"); "_" is not a word char here.
 _TOKEN = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
 # The same runs joined by inner hyphens too ("t-shirt", "dog's"): a compound
