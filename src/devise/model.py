@@ -194,7 +194,6 @@ class DeViSEModel:
         if not isinstance(keras_model, DeViSEJointModel):
             raise TypeError(f"DeViSEModel wraps a DeViSEJointModel, got {type(keras_model).__name__}")
         self.keras_model = keras_model
-        self._fingerprint: str | None = None
 
     @property
     def image_projector(self) -> LinearProjector:
@@ -230,18 +229,16 @@ class DeViSEModel:
 
         Anything built from this model's embeddings (an image index) stores
         it, and readers refuse a mismatch instead of mixing two models'
-        vector spaces. Computed once per model object.
+        vector spaces. Computed afresh each call (weights may have changed).
         """
-        if self._fingerprint is None:
-            digest = hashlib.sha256()
-            digest.update(self.image_fingerprint.encode())
-            digest.update("\n".join(self.words).encode())
-            for weight in self.keras_model.get_weights():
-                array = np.ascontiguousarray(weight)
-                digest.update(str(array.shape).encode())
-                digest.update(array.tobytes())
-            self._fingerprint = digest.hexdigest()
-        return self._fingerprint
+        digest = hashlib.sha256()
+        digest.update(self.image_fingerprint.encode())
+        digest.update("\n".join(self.words).encode())
+        for weight in self.keras_model.get_weights():
+            array = np.ascontiguousarray(weight)
+            digest.update(str(array.shape).encode())
+            digest.update(array.tobytes())
+        return digest.hexdigest()
 
     # -- text ---------------------------------------------------------------------
     def tokenize(self, text: str) -> list[str]:

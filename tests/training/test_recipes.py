@@ -1,0 +1,82 @@
+"""Every recipe choice trains through the config, beats chance, and reloads to the same model."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+
+import numpy as np
+import pytest
+
+import devise
+
+# Each run combines several choices, so that four short runs cover them all.
+RECIPES = {
+    "gru-sampled-regularised": [
+        "model.text_encoder=gru",
+        "loss.negatives=sampled",
+        "model.image_dropout=0.2",
+        "trainer.weight_decay=0.0001",
+        "model.standardize_features=true",
+    ],
+    "bilstm-hardest": ["model.text_encoder=bilstm", "loss.negatives=hardest", "model.lstm_units=32"],
+    "mean-float16": ["model.text_encoder=mean", "word_vectors.dtype=float16"],
+    "regression": ["loss.kind=regression", "model.standardize_features=true"],
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tiny_run, tmp_path_factory):
+    """A writable copy of the tiny demo's shapes and feature cache."""
+    base = tmp_path_factory.mktemp("recipes")
+    for name in ("shapes", "cache"):
+        shutil.copytree(tiny_run.parent / name, base / name)
+    return base
+
+
+def _train(tiny_overrides, tmp_path, data, extra):
+    config = devise.load_config(
+        "configs/demo.yaml",
+        [
+            *tiny_overrides(tmp_path),
+            f"data.root={data / 'shapes'}",
+            f"image_encoder.cache_dir={data / 'cache'}",
+            "word_vectors.max_words=20000",
+            "trainer.epochs=4",
+            *extra,
+        ],
+    )
+    return devise.Trainer(config, run_dir=str(tmp_path / "run"), verbose=False).run()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(RECIPES))
+def test_recipe_trains_beats_chance_and_reloads(name, tiny_data, tiny_overrides, tmp_path, monkeypatch):
+    monkeypatch.chdir(pathlib.Path(__file__).resolve().parents[2])
+    result = _train(tiny_overrides, tmp_path, tiny_data, RECIPES[name])
+    metrics = result.metrics
+    assert metrics["text_to_image"]["R@10"] > 1.5 * metrics["chance"]["text_to_image"]["R@10"], metrics
+    config = devise.load_config(tmp_path / "run" / "config.yaml")
+    encoder = result.model.text_encoder
+    if name == "regression":
+        assert encoder.kind == "mean" and not encoder.project and encoder.output_dim == 50
+        history = json.loads((tmp_path / "run" / "history.json").read_text())
+        assert len(history["ridge_penalty"]) == 6  # chosen on the validation split
+    else:
+        assert encoder.kind == config.model.text_encoder
+    assert result.model.image_projector.standardize == config.model.standardize_features
+    assert encoder.word_vectors_dtype == config.word_vectors.dtype
+    # The saved model reproduces the trained one.
+    loaded = devise.DeViSEModel.load(tmp_path / "run" / "model.keras")
+    texts = ["two crimson discs", "a dog", "blue star"]
+    np.testing.assert_allclose(loaded.embed_texts(texts), result.model.embed_texts(texts), atol=1e-6)
+
+
+def test_pad_resize_gets_its_own_feature_cache_and_extractor():
+    from devise.training.trainer import make_feature_extractor
+
+    crop = make_feature_extractor(devise.load_config("configs/demo.yaml"))
+    pad = make_feature_extractor(devise.load_config("configs/demo.yaml", ["image_encoder.resize=pad"]))
+    assert pad.resize == "pad" and crop.resize == "crop"
+    assert pad.fingerprint() != crop.fingerprint() and "resize=pad" in pad.fingerprint()
