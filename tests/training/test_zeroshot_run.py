@@ -70,3 +70,12 @@ def test_classify_with_a_label_trained_and_a_caption_trained_run(zeroshot_run, t
     assert classify_main(["--run", str(zeroshot_run), str(photos[0]), "/nonexistent.jpg", "--labels", "cat,dog"]) == 1
     captured = capsys.readouterr()
     assert "/nonexistent.jpg" in captured.err and str(photos[0]) in captured.out
+
+
+@pytest.mark.slow
+def test_devise_eval_explains_that_a_zeroshot_run_has_no_caption_split(zeroshot_run, capsys):
+    from devise.cli.eval import main as eval_main
+
+    assert eval_main(["--run", str(zeroshot_run), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "zeroshot.json" in err and len(err.splitlines()) == 1

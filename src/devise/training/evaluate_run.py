@@ -18,6 +18,7 @@ from devise.training.config import load_config
 from devise.training.evaluation import evaluate_retrieval, format_markdown_report
 from devise.training.run_directory import write_json, write_text
 from devise.training.trainer import Trainer, make_feature_extractor
+from devise.training.zeroshot_run import ZEROSHOT_FILE, is_zeroshot
 
 #: Files every devise run directory holds (the config and the saved model).
 RUN_FILES = ("config.yaml", "model.keras", "model.json")
@@ -64,6 +65,11 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", *, verbose: bo
         raise DeviseError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     run_dir = check_run_directory(run_dir)
     config = load_config(os.path.join(run_dir, "config.yaml"))
+    if is_zeroshot(config):
+        raise DeviseError(
+            f"{run_dir}: a zero-shot run has no caption split to evaluate; its hit@k results are in "
+            f"{os.path.join(run_dir, ZEROSHOT_FILE)} (classify photos with devise-classify --run {run_dir})"
+        )
     model = DeViSEModel.load(run_dir)
 
     # Refuse a model/extractor mismatch before any (possibly long) feature extraction.
