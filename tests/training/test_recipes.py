@@ -80,3 +80,19 @@ def test_pad_resize_gets_its_own_feature_cache_and_extractor():
     pad = make_feature_extractor(devise.load_config("configs/demo.yaml", ["image_encoder.resize=pad"]))
     assert pad.resize == "pad" and crop.resize == "crop"
     assert pad.fingerprint() != crop.fingerprint() and "resize=pad" in pad.fingerprint()
+
+
+@pytest.mark.slow
+def test_fine_tuned_vectors_move_training_words_only(tiny_data, tiny_overrides, tmp_path, monkeypatch):
+    from devise.embeddings import load_offline_glove_50d
+
+    monkeypatch.chdir(pathlib.Path(__file__).resolve().parents[2])
+    result = _train(tiny_overrides, tmp_path, tiny_data, ["word_vectors.train=true", "trainer.epochs=2"])
+    model = result.model
+    table = np.asarray(model.text_encoder.word_vectors)
+    row = {word: i + 2 for i, word in enumerate(model.words)}
+    glove = load_offline_glove_50d()
+    # "red" is in every red caption; "dog" and "coffee" never occur in the shapes captions.
+    assert np.abs(table[row["red"]] - glove.get("red")).max() > 1e-4
+    for unseen in ("dog", "coffee"):
+        np.testing.assert_array_equal(table[row[unseen]], glove.get(unseen))

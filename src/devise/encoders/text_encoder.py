@@ -96,7 +96,9 @@ class TextEncoder(keras.layers.Layer):
         vocabulary = [str(w) for w in vocabulary]
         if _PADDING in vocabulary or UNKNOWN_TOKEN in vocabulary or len(set(vocabulary)) != len(vocabulary):
             raise ValueError(f"vocabulary words must be unique, non-empty and not {UNKNOWN_TOKEN!r}")
-        self.vocabulary = vocabulary
+        # A numpy array, not a list: Keras tracks every element of a list
+        # attribute, which takes seconds for a 100k-word table.
+        self._vocabulary = np.asarray(vocabulary, dtype=object)
         self.word_dim = word_dim
         self.output_dim = output_dim
         self.kind = kind
@@ -116,7 +118,7 @@ class TextEncoder(keras.layers.Layer):
         self._known: frozenset[str] | None = None
         # === Layers ===
         self.lookup = keras.layers.StringLookup(
-            vocabulary=vocabulary, mask_token=_PADDING, oov_token=UNKNOWN_TOKEN, name="word_lookup"
+            vocabulary=self._vocabulary, mask_token=_PADDING, oov_token=UNKNOWN_TOKEN, name="word_lookup"
         )
         self.word_dropout = keras.layers.Dropout(dropout, name="word_dropout")
         if kind == "lstm":
@@ -134,9 +136,14 @@ class TextEncoder(keras.layers.Layer):
         self.projection = keras.layers.Dense(output_dim, name="projection") if project else None
         self.l2 = L2Normalize(name="l2_normalize")
 
+    @property
+    def vocabulary(self) -> list[str]:
+        """The table's words, one per row after the two reserved rows."""
+        return self._vocabulary.tolist()
+
     def build(self, input_shape):
         self.word_vectors = self.add_weight(
-            shape=(len(self.vocabulary) + 2, self.word_dim),
+            shape=(len(self._vocabulary) + 2, self.word_dim),
             initializer="zeros",
             dtype=self.word_vectors_dtype,
             trainable=self.train_word_vectors,
@@ -173,7 +180,7 @@ class TextEncoder(keras.layers.Layer):
     def known_words(self) -> frozenset[str]:
         """Every word of the table (built on first use)."""
         if self._known is None:
-            self._known = frozenset(self.vocabulary)
+            self._known = frozenset(self._vocabulary.tolist())
         return self._known
 
     def tokenize(self, text: str) -> list[str]:
