@@ -46,15 +46,15 @@ def test_cli_search_finds_each_test_image_by_its_caption(indexed, capsys):
     test_images = devise.datasets.unique_images(_test_records(config))
     assert len(engine.index) == len(test_images) == 100
     misses = []
-    for record in test_images:
-        assert search_cli.main(["--index", str(out), "--json", "-k", "10", record.caption]) == 0
-        results = json.loads(capsys.readouterr().out)["results"]
-        ids = [r["id"] for r in results]
+    for i, record in enumerate(test_images):
+        hits = engine.search(record.caption, k=10)
+        ids = [h.id for h in hits]
         if f"{record.image_id}.jpg" not in ids:
             misses.append(record.caption)
-        # The Python API gives the same ranking.
-        assert [h.id for h in engine.search(record.caption, k=10)] == ids
-        assert all(a["score"] >= b["score"] for a, b in zip(results, results[1:]))
+        assert all(a.score >= b.score for a, b in zip(hits, hits[1:]))
+        if i % 5 == 0:  # the command line gives the same ranking (each call loads the model: a sample)
+            assert search_cli.main(["--index", str(out), "--json", "-k", "10", record.caption]) == 0
+            assert [r["id"] for r in json.loads(capsys.readouterr().out)["results"]] == ids
     # The run's own text->image R@10 on these images is ~99%; allow a few misses, not chance (10%).
     assert len(misses) <= 5, f"test images not in the top 10 for their caption: {misses}"
 
