@@ -1,4 +1,5 @@
 import dataclasses
+from pathlib import Path
 
 import pytest
 import yaml
@@ -13,7 +14,7 @@ from devise.training.config import (
     save_config,
 )
 
-CONFIGS = ["configs/demo.yaml", "configs/pascal.yaml"]
+CONFIGS = sorted(f"configs/{p.name}" for p in (Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS)
@@ -63,6 +64,13 @@ def test_wrong_types_and_choices(data, fragment):
     with pytest.raises(ConfigError) as err:
         config_from_dict(data)
     assert fragment in str(err.value)
+
+
+def test_scientific_notation_is_a_float_even_where_yaml_reads_a_string():
+    config = load_config(None, ["trainer.learning_rate=1e-3", "loss.margin=2E-1", "trainer.weight_decay=5e-5"])
+    assert (config.trainer.learning_rate, config.loss.margin, config.trainer.weight_decay) == (1e-3, 0.2, 5e-5)
+    with pytest.raises(ConfigError, match="trainer.learning_rate: expected float"):
+        load_config(None, ["trainer.learning_rate=fast"])
 
 
 def test_ints_are_accepted_for_floats_and_null_for_optionals():
@@ -132,6 +140,11 @@ def test_saved_yaml_is_plain(tmp_path):
         ("data.max_caption_length=0", "data.max_caption_length: must be >= 1"),
         ("data.shapes.image_size=8", "data.shapes.image_size: must be >= 32"),
         ("word_vectors.dim=0", "word_vectors.dim: must be >= 1"),
+        ("loss.margin=.nan", "loss.margin: must be a finite number"),
+        ("trainer.learning_rate=.inf", "trainer.learning_rate: must be a finite number"),
+        ("model.image_dropout=1", "model.image_dropout: must be < 1.0"),
+        ("word_vectors.max_words=0", "word_vectors.max_words: must be >= 1"),
+        ("zeroshot.epochs=0", "zeroshot.epochs: must be >= 1"),
     ],
 )
 def test_numbers_outside_their_range_are_refused_with_the_key(override, fragment):

@@ -96,3 +96,19 @@ def test_fine_tuned_vectors_move_training_words_only(tiny_data, tiny_overrides, 
     assert np.abs(table[row["red"]] - glove.get("red")).max() > 1e-4
     for unseen in ("dog", "coffee"):
         np.testing.assert_array_equal(table[row[unseen]], glove.get(unseen))
+
+
+@pytest.mark.slow
+def test_a_diverging_run_stops_with_a_clear_error(tiny_data, tiny_overrides, tmp_path, monkeypatch):
+    import h5py
+
+    monkeypatch.chdir(pathlib.Path(__file__).resolve().parents[2])
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    (cache_file,) = (data / "cache").glob("*.h5")
+    with h5py.File(cache_file, "r+") as f:  # one NaN feature makes every loss NaN
+        features = f["features"][...]
+        features[:, 0] = np.nan
+        f["features"][...] = features
+    with pytest.raises(devise.DeviseError, match="training diverged"):
+        _train(tiny_overrides, tmp_path, data, ["trainer.epochs=2"])

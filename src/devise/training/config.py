@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
+import re
 import types
 import typing
 from typing import Any, Literal
@@ -21,6 +23,10 @@ import yaml
 
 from devise.errors import ConfigError
 from devise.training.run_directory import write_text
+
+
+# Scientific notation that YAML 1.1 leaves as a string ("1e-3", "2E5").
+_YAML_11_FLOAT = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")
 
 
 def _number(default, *, at_least: float | None = None, above: float | None = None, below: float | None = None):
@@ -223,7 +229,11 @@ def _convert(value: Any, tp, path: str):
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
+        if isinstance(value, str) and _YAML_11_FLOAT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):  # YAML's .nan / .inf would train to NaN losses
+                raise ConfigError(f"{path}: must be a finite number, got {value!r}")
             return float(value)
     elif tp is str:
         if isinstance(value, str):

@@ -325,7 +325,7 @@ class Trainer:
                 ds = ds.shuffle(len(records), seed=tc.seed, reshuffle_each_iteration=True)
             return ds.batch(tc.batch_size).prefetch(tf.data.AUTOTUNE)
 
-        callbacks = []
+        callbacks = [keras.callbacks.TerminateOnNaN()]
         if importlib.util.find_spec("tensorboard") is not None:
             callbacks.append(keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False))
         else:
@@ -333,7 +333,7 @@ class Trainer:
         selector = None
         if splits.get("val"):
             selector = BestValidationRecall(model, splits["val"], features, log=self._log)
-            callbacks.insert(0, selector)
+            callbacks.insert(1, selector)  # before TensorBoard, which then logs val_rsum
         history = keras_model.fit(
             dataset(splits["train"], shuffle=True),
             validation_data=dataset(splits["val"], shuffle=False) if splits.get("val") else None,
@@ -343,6 +343,12 @@ class Trainer:
             # Keras prints to stdout: a live progress bar on a terminal, one line per epoch elsewhere.
             verbose=0 if not self.verbose else 1 if sys.stdout.isatty() else 2,
         )
+        losses = history.history.get("loss", [])
+        if losses and not np.isfinite(losses[-1]):
+            raise DeviseError(
+                f"training diverged: the loss became {losses[-1]} in epoch {len(losses)}; "
+                "lower trainer.learning_rate or set trainer.clip_norm, and check the features for NaN"
+            )
         if selector is not None:
             selector.restore_best()
         return model, {k: [float(v) for v in vals] for k, vals in history.history.items()}
