@@ -79,3 +79,22 @@ def test_devise_eval_explains_that_a_zeroshot_run_has_no_caption_split(zeroshot_
     assert eval_main(["--run", str(zeroshot_run), "--quiet"]) == 1
     err = capsys.readouterr().err.strip()
     assert "zeroshot.json" in err and len(err.splitlines()) == 1
+
+
+def test_a_class_without_a_word_vector_stops_the_run_before_any_feature(tmp_path, repo_root, capsys):
+    from PIL import Image
+
+    for name in ("dog", "qqzzx_wwvvx"):
+        for i in range(3):
+            (tmp_path / "classes" / name).mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (32, 32), (i * 50, 0, 0)).save(tmp_path / "classes" / name / f"{i}.png")
+    args = [
+        "--config", str(repo_root / "configs" / "zeroshot.yaml"),
+        "--run-dir", str(tmp_path / "run"),
+        f"data.root={tmp_path / 'classes'}",
+        f"image_encoder.cache_dir={tmp_path / 'cache'}",
+    ]
+    assert train_main(args) == 1
+    err = capsys.readouterr().err
+    assert "qqzzx_wwvvx" in err and "labels" in err
+    assert not (tmp_path / "cache").exists()  # stopped before extracting anything

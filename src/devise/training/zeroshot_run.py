@@ -69,6 +69,18 @@ def run_zeroshot(trainer: Trainer, run_dir: str) -> TrainResult:
     unseen = check_unseen_names(zs.unseen, class_names)
     split = split_unseen_classes([i for part in splits.values() for i in part], unseen)
     assert_no_leak(split)
+    # Label vectors before the (slow) features: a class without one stops the run at once.
+    source = trainer.word_vectors()
+    label_words = {image.class_name: image.label_words for image in images if image.label_words}
+    labels = label_vectors(split.class_names, source, label_words=label_words or None)
+    if labels.missing:
+        if not zs.allow_missing_labels:
+            raise DeviseError(
+                f"{len(labels.missing)} class(es) of {root} have no word vector: "
+                f"{', '.join(map(repr, labels.missing[:20]))}; map folder names to words with data.labels "
+                "(a TSV file: folder_name<TAB>label words), or leave them out with zeroshot.allow_missing_labels=true"
+            )
+        trainer._log(f"zero-shot: no word vector for {', '.join(labels.missing)}; left out (zeroshot.allow_missing_labels)")
 
     features = trainer.image_features(list(split.train) + list(split.test), report)
     write_json(os.path.join(run_dir, "data_report.json"), report.to_dict())
@@ -84,13 +96,6 @@ def run_zeroshot(trainer: Trainer, run_dir: str) -> TrainResult:
             f"the zero-shot split has {len(train)} usable training and {len(test)} test images; "
             f"check data.root ({data.root}) and the data report in {run_dir}"
         )
-    source = trainer.word_vectors()
-    label_words = {image.class_name: image.label_words for image in images if image.label_words}
-    labels = label_vectors(split.class_names, source, label_words=label_words or None)
-    if labels.missing:
-        if not zs.allow_missing_labels:
-            labels.raise_if_missing()
-        trainer._log(f"zero-shot: no word vector for {', '.join(labels.missing)}; left out (zeroshot.allow_missing_labels)")
     keep = [name for name in split.class_names if name not in set(labels.missing)]
     train = [image for image in train if image.class_name in keep]
     test = [image for image in test if image.class_name in keep]
