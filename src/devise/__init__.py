@@ -21,7 +21,7 @@ from devise.errors import ConfigError, DataFormatError, DeviseError, MissingReso
 
 __version__ = "0.1.0"
 
-_SUBPACKAGES = ("datasets", "embeddings", "encoders", "losses", "retrieval", "search", "training")
+_SUBPACKAGES = ("datasets", "embeddings", "encoders", "losses", "retrieval", "search", "training", "zeroshot")
 _NAMES = {
     "DeViSEModel": "devise.model",
     "DeViSEJointModel": "devise.model",
@@ -56,6 +56,7 @@ __all__ = [
     "retrieval",
     "search",
     "training",
+    "zeroshot",
     "__version__",
 ]
 
