@@ -170,3 +170,28 @@ def test_saved_files_leave_no_temporary_file_behind(tmp_path):
         write_json(tmp_path / "m.json", {"bad": object()})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml", "m.json"]
     assert (tmp_path / "m.json").read_text() == '{\n  "ok": 1\n}\n'
+
+
+def test_yaml_aliases_are_refused_so_a_nested_alias_bomb_cannot_expand(tmp_path):
+    bomb = tmp_path / "bomb.yaml"
+    lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 12)]  # 9**12 strings
+    bomb.write_text("\n".join(lines) + "\nname: *a11\n")
+    with pytest.raises(ConfigError, match=r"bomb\.yaml.*aliases"):
+        load_config(bomb)
+    recursive = tmp_path / "recursive.yaml"
+    recursive.write_text("name: &r [*r]\n")
+    with pytest.raises(ConfigError, match="aliases"):
+        load_config(recursive)
+    with pytest.raises(ConfigError, match="aliases"):
+        load_config(None, ["data.split={train: &t 3, val: *t}"])
+
+
+def test_huge_configs_are_refused_and_long_values_are_cut_in_messages(tmp_path):
+    big = tmp_path / "big.yaml"
+    big.write_text("name: " + "x" * (2 << 20) + "\n")
+    with pytest.raises(ConfigError, match="big.yaml: over 1024 kB"):
+        load_config(big)
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["trainer.epochs=[" + ", ".join(["1"] * 100_000) + "]"])
+    assert "trainer.epochs" in str(err.value) and len(str(err.value)) < 400

@@ -25,6 +25,31 @@ from devise.errors import ConfigError
 from devise.training.run_directory import write_text
 
 
+#: Larger config files are refused: a config is a few kB.
+MAX_CONFIG_BYTES = 1 << 20
+_SHOWN_CHARS = 80
+
+
+def _shown(value) -> str:
+    """``repr(value)`` cut to a readable length for an error message."""
+    text = repr(value)
+    return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 3] + "..."
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses aliases: nested ``*refs`` expand exponentially (a "YAML bomb")."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not allowed in devise configs", mark)
+        return super().compose_node(parent, index)
+
+
+def _load_yaml(text: str):
+    return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 # Scientific notation that YAML 1.1 leaves as a string ("1e-3", "2E5").
 _YAML_11_FLOAT = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")
 
@@ -197,7 +222,7 @@ def _convert(value: Any, tp, path: str):
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"{path or '<root>'}: expected a mapping of keys, got {value!r}")
+            raise ConfigError(f"{path or '<root>'}: expected a mapping of keys, got {_shown(value)}")
         return _build(tp, value, path)
     if origin in (typing.Union, types.UnionType):
         for option in typing.get_args(tp):
@@ -205,10 +230,10 @@ def _convert(value: Any, tp, path: str):
                 return _convert(value, option, path)
             except ConfigError:
                 pass
-        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {_shown(value)}")
     if origin is tuple:  # tuple[X, ...]: a YAML list (tuples keep the config frozen)
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path}: expected a list, got {value!r}")
+            raise ConfigError(f"{path}: expected a list, got {_shown(value)}")
         item = typing.get_args(tp)[0]
         return tuple(_convert(v, item, f"{path}[{i}]") for i, v in enumerate(value))
     if origin is Literal:
@@ -217,11 +242,11 @@ def _convert(value: Any, tp, path: str):
             return value
         close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"{path}: {value!r} is not {_type_name(tp)}{hint}")
+        raise ConfigError(f"{path}: {_shown(value)} is not {_type_name(tp)}{hint}")
     if tp is type(None):
         if value is None:
             return None
-        raise ConfigError(f"{path}: expected null, got {value!r}")
+        raise ConfigError(f"{path}: expected null, got {_shown(value)}")
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -233,12 +258,12 @@ def _convert(value: Any, tp, path: str):
             value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if not math.isfinite(value):  # YAML's .nan / .inf would train to NaN losses
-                raise ConfigError(f"{path}: must be a finite number, got {value!r}")
+                raise ConfigError(f"{path}: must be a finite number, got {_shown(value)}")
             return float(value)
     elif tp is str:
         if isinstance(value, str):
             return value
-    raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    raise ConfigError(f"{path}: expected {_type_name(tp)}, got {_shown(value)} ({type(value).__name__})")
 
 
 def _check_range(value, metadata, path: str) -> None:
@@ -246,11 +271,11 @@ def _check_range(value, metadata, path: str) -> None:
         return
     at_least, above, below = metadata.get("at_least"), metadata.get("above"), metadata.get("below")
     if at_least is not None and value < at_least:
-        raise ConfigError(f"{path}: must be >= {at_least}, got {value!r}")
+        raise ConfigError(f"{path}: must be >= {at_least}, got {_shown(value)}")
     if above is not None and value <= above:
-        raise ConfigError(f"{path}: must be > {above}, got {value!r}")
+        raise ConfigError(f"{path}: must be > {above}, got {_shown(value)}")
     if below is not None and value >= below:
-        raise ConfigError(f"{path}: must be < {below}, got {value!r}")
+        raise ConfigError(f"{path}: must be < {below}, got {_shown(value)}")
 
 
 def _build(cls, data: dict, path: str):
@@ -281,15 +306,15 @@ def config_to_dict(config) -> dict:
 
 def _parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
-        raise ConfigError(f"override {text!r}: expected key.sub=value (e.g. trainer.epochs=5)")
+        raise ConfigError(f"override {_shown(text)}: expected key.sub=value (e.g. trainer.epochs=5)")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key or any(not part.isidentifier() for part in key.split(".")):
-        raise ConfigError(f"override {text!r}: {key!r} is not a dotted key path like trainer.epochs")
+        raise ConfigError(f"override {_shown(text)}: {key!r} is not a dotted key path like trainer.epochs")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc.problem})") from None
+        raise ConfigError(f"override {_shown(text)}: value is not valid YAML ({exc.problem})") from None
     return key.split("."), value
 
 
@@ -304,7 +329,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             if child is None:
                 child = node[part] = {}
             elif not isinstance(child, dict):
-                raise ConfigError(f"override {text!r}: {part} is not a section")
+                raise ConfigError(f"override {_shown(text)}: {part} is not a section")
             node = child
         node[parts[-1]] = value
     return data
@@ -331,7 +356,10 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     if path is not None:
         try:
             with open(path, encoding="utf-8") as f:
-                data = yaml.safe_load(f) or {}
+                text = f.read(MAX_CONFIG_BYTES + 1)
+            if len(text) > MAX_CONFIG_BYTES:
+                raise ConfigError(f"{path}: over {MAX_CONFIG_BYTES // 1024} kB; not a devise config")
+            data = _load_yaml(text) or {}
         except FileNotFoundError:
             raise ConfigError(f"{path}: config file not found") from None
         except (OSError, UnicodeDecodeError) as exc:
