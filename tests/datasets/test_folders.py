@@ -201,3 +201,19 @@ def test_split_class_images_rejects_bad_input():
         split_class_images(images + images[:1])
     with pytest.raises(DeviseError, match="split_class_images"):
         class_images_by_split(images)
+
+
+def test_a_label_file_beside_the_class_folders_is_not_a_stray_file(tmp_path):
+    from PIL import Image
+
+    from devise.datasets.folders import read_class_folders
+    from devise.datasets.report import DataReport
+
+    (tmp_path / "polar_bear").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "polar_bear" / "a.png")
+    (tmp_path / "labels.tsv").write_text("polar_bear\tpolar bear\n")
+    (tmp_path / "notes.txt").write_text("stray\n")
+    report = DataReport()
+    images = read_class_folders(tmp_path, label_file=tmp_path / "labels.tsv", report=report)
+    assert [image.label_words for image in images] == ["polar bear"]
+    assert [problem["path"] for problem in report.to_dict()["problems"]] == [str(tmp_path / "notes.txt")]

@@ -136,8 +136,15 @@ def read_class_folders(
         raise DataFormatError(f"{root_path}: no class folders found; {_EXPECTED_LAYOUT}")
     if layout == "auto":
         layout = "splits" if set(folders) <= set(SPLIT_NAMES) else "classes"
-    for name in loose_files:
-        record_problem(root_path / name, "file outside any class folder; skipped")
+    label_path = pathlib.Path(label_file).resolve() if label_file is not None else None
+
+    def stray_file(path: pathlib.Path, reason: str) -> None:
+        if path.resolve() != label_path:  # a label file may sit beside the class folders
+            record_problem(path, reason)
+
+    if layout == "splits":  # (in the class layout the loop below reports them)
+        for name in loose_files:
+            stray_file(root_path / name, "file outside any class folder; skipped")
 
     # (split, folder holding the class folders); one entry without a split.
     if layout == "classes":
@@ -155,7 +162,7 @@ def read_class_folders(
     for split, parent in class_parents:
         class_folders, stray = _visible_entries(parent)
         for name in stray:
-            record_problem(parent / name, f"file outside any class folder (expected {parent}/<class>/); skipped")
+            stray_file(parent / name, f"file outside any class folder (expected {parent}/<class>/); skipped")
         for class_name in class_folders:
             found = _images_in(root_path, parent / class_name, class_name, split, record_problem)
             if not found:

@@ -289,6 +289,8 @@ class Trainer:
         tc = config.trainer
         strategy = make_strategy(tc.strategy)
         image_dim = len(next(iter(features.values())))
+        # Seeded here again: extracting features (or not, from the cache) must not change the initial weights.
+        keras.utils.set_random_seed(tc.seed)
         with strategy.scope():
             keras_model = self.build_model(table, image_dim)
             if config.model.standardize_features:
