@@ -261,7 +261,8 @@ class DeViSEModel:
         tokens = self.tokenize(text)
         if not tokens:
             raise QueryError("the query is empty: type some words (e.g. 'a red circle')")
-        unknown = self.unknown_words(text)
+        known = self.text_encoder.known_words
+        unknown = list(dict.fromkeys(t for t in tokens if t not in known))
         if len(unknown) == len(set(tokens)):
             raise QueryError(
                 f"no word of the query {text!r} has a word vector (unknown: {', '.join(unknown)}); "

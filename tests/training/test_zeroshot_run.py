@@ -70,6 +70,8 @@ def test_classify_with_a_label_trained_and_a_caption_trained_run(zeroshot_run, t
     assert classify_main(["--run", str(zeroshot_run), str(photos[0]), "/nonexistent.jpg", "--labels", "cat,dog"]) == 1
     captured = capsys.readouterr()
     assert "/nonexistent.jpg" in captured.err and str(photos[0]) in captured.out
+    assert classify_main(["--run", str(zeroshot_run), "/nonexistent.jpg", "--labels", "cat,dog"]) == 1
+    assert "/nonexistent.jpg" in capsys.readouterr().err
 
 
 @pytest.mark.slow

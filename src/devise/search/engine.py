@@ -261,8 +261,10 @@ class SearchEngine:
             except QueryError as exc:
                 raise QueryError(f"label {label!r}: {exc}", exc.unknown_words) from None
         embedded, indices, failures = self.embed_image_files([os.fspath(p) for p in images])
-        scores, rows = exact_search(self.model.embed_texts(labels), embedded, min(k, len(labels)))
         ranked: list[list[CaptionHit] | None] = [None] * len(images)
+        if not indices:
+            return ranked, failures
+        scores, rows = exact_search(self.model.embed_texts(labels), embedded, min(k, len(labels)))
         for position, image_scores, image_rows in zip(indices, scores, rows):
             ranked[position] = [
                 CaptionHit(rank + 1, labels[row], float(score)) for rank, (score, row) in enumerate(zip(image_scores, image_rows))
