@@ -94,6 +94,7 @@ class SearchEngine:
         With ``run_dir=None`` the run recorded in the index is used.
         """
         from devise.training.config import load_config
+        from devise.training.run_directory import check_run_complete
         from devise.training.trainer import make_feature_extractor
 
         opened = ImageIndex.open(index) if index is not None else None
@@ -111,6 +112,7 @@ class SearchEngine:
         config_path = os.path.join(run_dir, "config.yaml")
         if not os.path.isfile(config_path):
             raise DeviseError(f"{run_dir}: not a devise run directory (no config.yaml)")
+        check_run_complete(run_dir)
         model = DeViSEModel.load(run_dir)
         extractor = make_feature_extractor(load_config(config_path))
         engine = cls(model, extractor, run_dir=os.path.abspath(run_dir))

@@ -16,7 +16,7 @@ from devise.errors import DeviseError
 from devise.model import DeViSEModel
 from devise.training.config import load_config
 from devise.training.evaluation import evaluate_retrieval, format_markdown_report
-from devise.training.run_directory import write_json, write_text
+from devise.training.run_directory import check_run_complete, write_json, write_text
 from devise.training.trainer import Trainer, make_feature_extractor
 from devise.training.zeroshot_run import ZEROSHOT_FILE, is_zeroshot
 
@@ -35,6 +35,7 @@ def check_run_directory(run_dir: str | os.PathLike) -> str:
     missing = [name for name in RUN_FILES if not os.path.isfile(os.path.join(run_dir, name))]
     if missing:
         raise DeviseError(f"{run_dir}: not a devise run directory (missing {', '.join(missing)})")
+    check_run_complete(run_dir)
     return run_dir
 
 

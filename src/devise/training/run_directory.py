@@ -1,4 +1,13 @@
-"""Run directories: where each training run leaves its config, metrics and model."""
+"""Run directories: where each training run leaves its config, metrics and model.
+
+A run directory is complete only once its last file, :data:`COMPLETE_FILE`,
+is in place: the trainer writes it after everything else, every reader of a
+run (``devise-eval``, ``devise-index``, ``devise-search``, ``devise-classify``,
+``devise-serve``) refuses a directory without it, and a finished run
+directory is never trained into again. So a run killed half-way, which may
+hold a new ``config.yaml`` beside an older ``model.keras``, is never read as
+a finished one.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +15,45 @@ import datetime
 import json
 import os
 from typing import Any
+
+
+#: Written last by the trainer; its presence means every other file of the run is final.
+COMPLETE_FILE = "run_complete.json"
+
+
+def mark_run_complete(run_dir: str | os.PathLike, files: list[str]) -> None:
+    """Record that ``run_dir`` is finished (call after every other file is written)."""
+    stamp = datetime.datetime.now().isoformat(timespec="seconds")
+    write_json(os.path.join(os.fspath(run_dir), COMPLETE_FILE), {"finished": stamp, "files": sorted(files)})
+
+
+def check_run_complete(run_dir: str | os.PathLike) -> None:
+    """Refuse a run directory whose training did not finish.
+
+    Raises:
+        DeviseError: no :data:`COMPLETE_FILE` (the run was interrupted or is still running).
+    """
+    from devise.errors import DeviseError
+
+    if not os.path.isfile(os.path.join(os.fspath(run_dir), COMPLETE_FILE)):
+        raise DeviseError(
+            f"{run_dir}: this run did not finish (no {COMPLETE_FILE}); its files may be from different "
+            "runs. Train again (devise-train --run-dir on this folder) or use a finished run"
+        )
+
+
+def check_run_dir_reusable(run_dir: str | os.PathLike) -> None:
+    """Refuse to train into a directory that holds a finished run.
+
+    Raises:
+        DeviseError: ``run_dir`` holds :data:`COMPLETE_FILE`.
+    """
+    from devise.errors import DeviseError
+
+    if os.path.isfile(os.path.join(os.fspath(run_dir), COMPLETE_FILE)):
+        raise DeviseError(
+            f"{run_dir}: already holds a finished run; choose another --run-dir (or delete this one first)"
+        )
 
 
 def create_run_directory(output_dir: str | os.PathLike, name: str) -> str:

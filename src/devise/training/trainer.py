@@ -31,7 +31,12 @@ from devise.model import DeViSEJointModel, DeViSEModel, build_devise_model
 from devise.training.config import ExperimentConfig, save_config
 from devise.training.evaluation import caption_key, evaluate_retrieval, format_metrics_table
 from devise.training.resources import check_resources
-from devise.training.run_directory import create_run_directory, write_json
+from devise.training.run_directory import (
+    check_run_dir_reusable,
+    create_run_directory,
+    mark_run_complete,
+    write_json,
+)
 
 
 @dataclasses.dataclass
@@ -197,6 +202,14 @@ class Trainer:
 
     # -- the run ------------------------------------------------------------
     def run(self) -> TrainResult:
+        """Train and evaluate; the run directory is marked complete only when everything is written."""
+        if self.run_dir is not None:
+            check_run_dir_reusable(self.run_dir)
+        result = self._run()
+        mark_run_complete(result.run_dir, sorted(os.listdir(result.run_dir)))
+        return result
+
+    def _run(self) -> TrainResult:
         config = self.config
         check_resources(config, download=True, progress=self.verbose)
         keras.utils.set_random_seed(config.trainer.seed)
