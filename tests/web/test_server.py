@@ -226,6 +226,31 @@ def test_cli_prints_url_and_warns_on_a_network_host(server, monkeypatch, capsys)
     assert calls[-1]["host"] == "0.0.0.0"
 
 
+@pytest.mark.slow
+def test_foreign_host_headers_are_refused(server, tiny_run, tiny_index):
+    """DNS rebinding: a page on attacker.example that resolves to 127.0.0.1 must get nothing."""
+
+    def status_for(port: int, host: str) -> int:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            connection.request("GET", "/api/search?q=red", headers={"Host": host})
+            response = connection.getresponse()
+            response.read()
+            return response.status
+        finally:
+            connection.close()
+
+    for host in ("attacker.example", f"attacker.example:{server.port}", "127.0.0.1.attacker.example"):
+        assert status_for(server.port, host) == 400, host
+    for host in (f"127.0.0.1:{server.port}", f"localhost:{server.port}"):
+        assert status_for(server.port, host) == 200, host
+    # A name the operator allows is served.
+    app = create_app(server.engine, captions=CANDIDATES, allowed_hosts=["photos.lan"])
+    with BackgroundServer(app, host="127.0.0.1", port=0) as other:
+        assert status_for(other.port, "photos.lan") == 200
+        assert status_for(other.port, "attacker.example") == 400
+
+
 def test_cli_usage_and_missing_index(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         serve_cli.main([])

@@ -35,6 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--captions", help="candidate captions for the image view, one per line (default: the run's dataset captions)"
     )
+    parser.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host name clients may use in the Host header, besides localhost, 127.0.0.1 and --host "
+        "(repeatable; '*' allows any: only behind a proxy that checks it)",
+    )
     return parser
 
 
@@ -66,17 +74,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         require("fastapi", "serve", PROG)
         uvicorn = require("uvicorn", "serve", PROG)
         from devise.search.engine import SearchEngine
-        from devise.web.app import create_app
+        from devise.web.app import LOOPBACK_HOSTS, create_app
 
         captions = None
         if args.captions:
             captions = read_lines(args.captions, "captions")
         engine = SearchEngine.load(args.run, args.index)
-        app = create_app(engine, captions=captions, max_k=args.max_k, max_query_chars=args.max_query_chars)
+        hosts = [*LOOPBACK_HOSTS, *args.allowed_host]
+        if args.host not in ("0.0.0.0", "::", ""):
+            hosts.append(args.host)
+        app = create_app(
+            engine,
+            captions=captions,
+            max_k=args.max_k,
+            max_query_chars=args.max_query_chars,
+            allowed_hosts=list(dict.fromkeys(hosts)),
+        )
         if not is_loopback(args.host):
             print(
                 f"{PROG}: warning: binding to {args.host}: anyone who can reach this machine on port "
-                f"{args.port} can search the index and view its images",
+                f"{args.port} can search the index and view its images (they must use a name given with "
+                "--allowed-host, or the address itself: other Host headers are refused)",
                 file=sys.stderr,
             )
         shown = f"[{args.host}]" if ":" in args.host else args.host

@@ -99,6 +99,10 @@ def make_thumbnail(path: str, size: int) -> bytes:
     return out.getvalue()
 
 
+#: Host names a server bound to this machine answers to by default.
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
 def create_app(
     engine: "SearchEngine",
     *,
@@ -109,6 +113,7 @@ def create_app(
     thumbnail_size: int = 256,
     thumbnail_cache_size: int = 1024,
     result_cache_size: int = 256,
+    allowed_hosts: Sequence[str] = LOOPBACK_HOSTS,
 ) -> "FastAPI":
     """The FastAPI app that serves ``engine``'s index.
 
@@ -122,6 +127,10 @@ def create_app(
         thumbnail_size: longest side of thumbnails, in pixels.
         thumbnail_cache_size: thumbnails kept in memory (least recently used go first).
         result_cache_size: search and caption answers kept in memory.
+        allowed_hosts: the names a request's ``Host`` header may carry
+            (Starlette's ``TrustedHostMiddleware``; others get 400), so a
+            web page on another site cannot reach a local server by DNS
+            rebinding; ``["*"]`` allows any.
 
     Returns:
         The app, to run with uvicorn or :class:`BackgroundServer`.
@@ -152,6 +161,9 @@ def create_app(
         openapi_url=None,
     )
     app.state.engine = engine
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
 
     def fail(status: int, message: str):
         raise StarletteHTTPException(status_code=status, detail=message)
