@@ -174,14 +174,7 @@ class Trainer:
         """The model's word table: the source's words plus the training-caption words; writes ``text_stats.json``."""
         config = self.config
         wv = config.word_vectors
-        source = self.word_vectors()
-        known = source.index
-        counts = collections.Counter(
-            token for caption in train_captions for token in tokenize(caption, known, lowercase=wv.lowercase)
-        )
-        # Words without a vector join the table only if seen often enough to learn.
-        counts = {w: c for w, c in counts.items() if w in known or c >= config.data.min_word_count}
-        table = build_word_table(source, caption_counts=counts, max_words=wv.max_words, oov=wv.oov, seed=config.trainer.seed)
+        table, counts = self.build_word_table(self.word_vectors(), train_captions)
         in_table = set(table.words)
         write_json(
             os.path.join(run_dir, "text_stats.json"),
@@ -199,6 +192,22 @@ class Trainer:
             f"{table.report['caption_words_without_vector']} training words without one)"
         )
         return table
+
+    def build_word_table(self, source: WordVectors, texts: Sequence[str]) -> tuple[WordTable, dict[str, int]]:
+        """The word table of ``source`` plus the words of ``texts``, and those words' counts.
+
+        Words of ``texts`` without a vector join only if seen ``data.min_word_count`` times.
+        """
+        config = self.config
+        wv = config.word_vectors
+        known = source.index
+        counts = collections.Counter(
+            token for text in texts for token in tokenize(text, known, lowercase=wv.lowercase)
+        )
+        # Words without a vector join the table only if seen often enough to learn.
+        counts = {w: c for w, c in counts.items() if w in known or c >= config.data.min_word_count}
+        table = build_word_table(source, caption_counts=counts, max_words=wv.max_words, oov=wv.oov, seed=config.trainer.seed)
+        return table, counts
 
     # -- the run ------------------------------------------------------------
     def run(self) -> TrainResult:

@@ -12,7 +12,6 @@ side: the mean word vector of a label), so ``devise-classify``,
 
 from __future__ import annotations
 
-import collections
 import os
 from typing import TYPE_CHECKING
 
@@ -22,8 +21,6 @@ from devise.datasets.folders import class_images_by_split, read_class_folders, s
 from devise.datasets.pascal import IMAGE_DIR
 from devise.datasets.report import DataReport
 from devise.datasets.shapes import generate_shapes
-from devise.datasets.text import tokenize
-from devise.embeddings.word_table import build_word_table
 from devise.errors import DeviseError
 from devise.model import DeViSEModel
 from devise.training.run_directory import write_json
@@ -141,10 +138,7 @@ def run_zeroshot(trainer: Trainer, run_dir: str) -> TrainResult:
 
 def _joint_model(trainer: Trainer, clf, source, label_words, image_dim: int) -> DeViSEModel:
     config = trainer.config
-    wv = config.word_vectors
-    known = source.index
-    counts = collections.Counter(t for words in label_words for t in tokenize(" ".join(words), known, lowercase=wv.lowercase))
-    table = build_word_table(source, caption_counts=counts, max_words=wv.max_words, oov=wv.oov, seed=config.trainer.seed)
+    table, _ = trainer.build_word_table(source, [" ".join(words) for words in label_words])
     keras_model = trainer.build_model(table, image_dim, regression=True, standardize=config.zeroshot.standardize)
     projector = keras_model.image_projector
     embedding = clf.embedding_model
