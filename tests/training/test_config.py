@@ -50,7 +50,7 @@ def test_unknown_key_names_path_and_suggests(tmp_path):
 @pytest.mark.parametrize(
     "data, fragment",
     [
-        ({"trainer": {"epochs": "ten"}}, "trainer.epochs: expected int, got 'ten'"),
+        ({"trainer": {"epochs": "ten"}}, "trainer.epochs: expected int from 0 to 1000000, got 'ten'"),
         ({"trainer": {"epochs": True}}, "trainer.epochs: expected int"),
         ({"trainer": {"learning_rate": "fast"}}, "trainer.learning_rate: expected float"),
         ({"image_encoder": {"backbone": "vgg61"}}, "did you mean 'vgg16'"),
@@ -195,3 +195,81 @@ def test_huge_configs_are_refused_and_long_values_are_cut_in_messages(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(None, ["trainer.epochs=[" + ", ".join(["1"] * 100_000) + "]"])
     assert "trainer.epochs" in str(err.value) and len(str(err.value)) < 400
+
+
+@pytest.mark.parametrize(
+    "override, fragments",
+    [
+        # YAML 1.1 reads 1e30 as a string, 1.0e+30 as a float; neither is an int.
+        ("trainer.batch_size=1e30", ["trainer.batch_size: expected int from 1 to 1000000", "'1e30'"]),
+        ("trainer.batch_size=1.0e+30", ["trainer.batch_size: expected int from 1 to 1000000", "1e+30"]),
+        ("trainer.epochs=1e30", ["trainer.epochs: expected int from 0 to", "'1e30'"]),
+        ("trainer.batch_size=2.5", ["trainer.batch_size: expected int from 1 to 1000000", "2.5 (float)"]),
+        ("trainer.epochs=true", ["trainer.epochs: expected int from 0 to", "True (bool)"]),
+        ("word_vectors.dim=1e3", ["word_vectors.dim: expected int from 1 to", "or null", "'1e3'"]),
+        # Integers that YAML reads as ints but no run can use.
+        ("trainer.batch_size=" + "9" * 30, ["trainer.batch_size: must be <= 1000000, got 999999"]),
+        ("image_encoder.batch_size=99999999999", ["image_encoder.batch_size: must be <= 1000000"]),
+        ("trainer.seed=4294967296", ["trainer.seed: must be <= 4294967295"]),  # NumPy's seed limit
+        ("data.split.train=1000000000000", ["data.split.train: must be <="]),
+        ("model.joint_dim=1000000000", ["model.joint_dim: must be <="]),
+        ("data.min_word_count=-1", ["data.min_word_count: must be >= 0"]),
+    ],
+)
+def test_integers_must_be_integers_within_a_sane_range(override, fragments):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    message = str(err.value)
+    assert all(f in message for f in fragments), message
+    assert "\n" not in message and len(message) < 300
+
+
+def test_every_integer_key_has_an_upper_bound():
+    """A new int key without one would let `key: 99999999999999999999` reach Keras."""
+    import typing
+
+    def walk(cls, prefix):
+        for field in dataclasses.fields(cls):
+            tp = typing.get_type_hints(cls)[field.name]
+            if dataclasses.is_dataclass(tp):
+                yield from walk(tp, f"{prefix}{field.name}.")
+            elif int in (tp, *typing.get_args(tp)):
+                yield f"{prefix}{field.name}", field.metadata.get("at_most")
+
+    bounds = dict(walk(ExperimentConfig, ""))
+    assert "trainer.batch_size" in bounds
+    assert [key for key, at_most in bounds.items() if at_most is None] == []
+
+
+def test_a_file_with_a_huge_integer_names_the_file_and_key(tmp_path):
+    config = tmp_path / "huge.yaml"
+    config.write_text("trainer:\n  batch_size: 1e30\n  seed: 0x" + "f" * 5000 + "\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(config)
+    assert str(err.value).startswith(f"{config}: trainer.batch_size: expected int from 1 to 1000000")
+    config.write_text("trainer:\n  seed: 0x" + "f" * 5000 + "\n")  # past Python's 4300-digit str() limit
+    with pytest.raises(ConfigError, match=r"huge\.yaml: trainer\.seed: must be <= 4294967295, got <an integer of 20000 bits>"):
+        load_config(config)
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("trainer.batch_size", "1" * 5000),  # int() refuses over 4300 digits
+        ("name", "2001-13-45"),  # a YAML timestamp that is no date
+        ("name", "!!float x"),
+        ("name", "!!int x"),
+    ],
+)
+def test_yaml_values_that_cannot_be_built_are_config_errors(tmp_path, key, value):
+    """These raised ValueError tracebacks from inside the YAML loader."""
+    section, _, leaf = key.rpartition(".")
+    config = tmp_path / "bad.yaml"
+    config.write_text(f"{section}:\n  {leaf}: {value}\n" if section else f"{leaf}: {value}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(config)
+    message = str(err.value)
+    assert message.startswith(f"{config}:") and "invalid YAML" in message and len(message) < 300
+    with pytest.raises(ConfigError, match="not valid YAML") as err:
+        load_config(None, [f"{key}={value}"])
+    assert len(str(err.value)) < 300

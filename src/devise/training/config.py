@@ -32,7 +32,10 @@ _SHOWN_CHARS = 80
 
 def _shown(value) -> str:
     """``repr(value)`` cut to a readable length for an error message."""
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an int past Python's 4300-digit limit for str()
+        return f"<an integer of {value.bit_length()} bits>"
     return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 3] + "..."
 
 
@@ -47,21 +50,43 @@ class _NoAliasLoader(yaml.SafeLoader):
 
 
 def _load_yaml(text: str):
-    return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    """Parse YAML; a value YAML matches but cannot build (a 5000-digit int, month 13) is a YAMLError too."""
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    except (ValueError, OverflowError, TypeError) as exc:  # raised by the constructors, not the parser
+        detail = " ".join(str(exc).split())
+        detail = detail if len(detail) <= _SHOWN_CHARS else detail[: _SHOWN_CHARS - 3] + "..."
+        raise yaml.constructor.ConstructorError(None, None, f"a value cannot be built: {detail}") from None
 
 
 # Scientific notation that YAML 1.1 leaves as a string ("1e-3", "2E5").
 _YAML_11_FLOAT = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")
 
 
-def _number(default, *, at_least: float | None = None, above: float | None = None, below: float | None = None):
+#: Upper bounds of integer keys: far above any real run, low enough that no
+#: library overflows (NumPy seeds are below 2**32, TensorFlow sizes int32/int64).
+_LARGEST_SEED = 2**32 - 1
+_LARGEST_COUNT = 1_000_000
+_LARGEST_INT = 2**31 - 1
+
+
+def _number(
+    default,
+    *,
+    at_least: float | None = None,
+    above: float | None = None,
+    below: float | None = None,
+    at_most: float | None = None,
+):
     """A numeric field with a range, checked (with its key path) when a config is loaded.
 
     The ranges reject at load time, and so under ``--check``, values that
     would otherwise fail deep inside Keras or TensorFlow after minutes of
-    feature extraction (``batch_size=0``, ``text_dropout=1.5``).
+    feature extraction (``batch_size=0``, ``text_dropout=1.5``,
+    ``batch_size=10**30``). Every integer key has an ``at_most``.
     """
-    return dataclasses.field(default=default, metadata={"at_least": at_least, "above": above, "below": below})
+    metadata = {"at_least": at_least, "above": above, "below": below, "at_most": at_most}
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,19 +94,19 @@ class SplitConfig:
     """How images are split: per category (the Pascal 1K protocol: 40/5/5), or as the dataset file says."""
 
     by: Literal["category", "dataset"] = "category"
-    train: int = _number(40, at_least=0)
-    val: int = _number(5, at_least=0)
-    test: int = _number(5, at_least=0)
-    seed: int = _number(0, at_least=0)
+    train: int = _number(40, at_least=0, at_most=_LARGEST_COUNT)
+    val: int = _number(5, at_least=0, at_most=_LARGEST_COUNT)
+    test: int = _number(5, at_least=0, at_most=_LARGEST_COUNT)
+    seed: int = _number(0, at_least=0, at_most=_LARGEST_SEED)
 
 
 @dataclasses.dataclass(frozen=True)
 class ShapesConfig:
     """Parameters of the generated demo dataset."""
 
-    images_per_category: int = _number(50, at_least=1)
-    image_size: int = _number(128, at_least=32)
-    seed: int = _number(0, at_least=0)
+    images_per_category: int = _number(50, at_least=1, at_most=100_000)
+    image_size: int = _number(128, at_least=32, at_most=4096)
+    seed: int = _number(0, at_least=0, at_most=_LARGEST_SEED)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,8 +122,8 @@ class DataConfig:
     url: str | None = None
     split: SplitConfig = SplitConfig()
     shapes: ShapesConfig = ShapesConfig()
-    min_word_count: int = 1
-    max_caption_length: int = _number(32, at_least=1)
+    min_word_count: int = _number(1, at_least=0, at_most=_LARGEST_INT)
+    max_caption_length: int = _number(32, at_least=1, at_most=10_000)
     strict: bool = False
 
 
@@ -109,14 +134,14 @@ class WordVectorsConfig:
     source: Literal["file", "glove_offline_50d"] = "glove_offline_50d"
     format: Literal["glove", "word2vec_text", "word2vec_binary"] = "glove"
     path: str | None = None
-    dim: int | None = _number(None, at_least=1)
+    dim: int | None = _number(None, at_least=1, at_most=100_000)
     cache_dir: str | None = None
     download: bool = False
     variant: str = "6B"
     url: str | None = None
     oov: Literal["random", "zero", "unk"] = "random"
     train: bool = False
-    max_words: int | None = _number(100_000, at_least=1)
+    max_words: int | None = _number(100_000, at_least=1, at_most=100_000_000)
     dtype: Literal["float32", "float16"] = "float32"
     lowercase: bool = True
 
@@ -128,7 +153,7 @@ class ImageEncoderConfig:
     backbone: Literal["vgg16", "efficientnet_lite0"] = "efficientnet_lite0"
     weights: str | None = "imagenet"
     allow_download: bool = False
-    batch_size: int = _number(32, at_least=1)
+    batch_size: int = _number(32, at_least=1, at_most=_LARGEST_COUNT)
     device: str | None = None
     cache_dir: str = "data/feature_cache"
     resize: Literal["crop", "pad"] = "crop"
@@ -138,9 +163,9 @@ class ImageEncoderConfig:
 class ModelConfig:
     """Sizes of the joint model."""
 
-    joint_dim: int = _number(256, at_least=1)
+    joint_dim: int = _number(256, at_least=1, at_most=65_536)
     text_encoder: Literal["lstm", "gru", "bilstm", "mean"] = "lstm"
-    lstm_units: int = _number(256, at_least=1)
+    lstm_units: int = _number(256, at_least=1, at_most=65_536)
     projector_bias: bool = False
     text_dropout: float = _number(0.0, at_least=0.0, below=1.0)
     image_dropout: float = _number(0.0, at_least=0.0, below=1.0)
@@ -161,14 +186,14 @@ class LossConfig:
 class TrainerConfig:
     """Optimisation and placement."""
 
-    epochs: int = _number(20, at_least=0)
-    batch_size: int = _number(128, at_least=1)
+    epochs: int = _number(20, at_least=0, at_most=_LARGEST_COUNT)
+    batch_size: int = _number(128, at_least=1, at_most=_LARGEST_COUNT)
     optimizer: Literal["adam", "adagrad", "sgd"] = "adam"
     learning_rate: float = _number(2e-4, above=0.0)
     clip_norm: float | None = _number(2.0, above=0.0)
     weight_decay: float = _number(0.0, at_least=0.0)
     strategy: Literal["off", "mirrored", "multi_worker_mirrored"] = "off"
-    seed: int = _number(0, at_least=0)
+    seed: int = _number(0, at_least=0, at_most=_LARGEST_SEED)
     eval_split: Literal["train", "val", "test"] = "test"
 
 
@@ -178,10 +203,10 @@ class ZeroShotConfig:
 
     unseen: tuple[str, ...] = ()
     allow_missing_labels: bool = False
-    epochs: int = _number(100, at_least=1)
+    epochs: int = _number(100, at_least=1, at_most=_LARGEST_COUNT)
     learning_rate: float = _number(0.01, above=0.0)
     margin: float = _number(0.1, at_least=0.0)
-    top_t: int = _number(10, at_least=1)
+    top_t: int = _number(10, at_least=1, at_most=_LARGEST_COUNT)
     standardize: bool = True
 
 
@@ -270,12 +295,32 @@ def _check_range(value, metadata, path: str) -> None:
     if value is None:
         return
     at_least, above, below = metadata.get("at_least"), metadata.get("above"), metadata.get("below")
+    at_most = metadata.get("at_most")
+    if at_most is None and isinstance(value, int):
+        at_most = _LARGEST_INT
     if at_least is not None and value < at_least:
         raise ConfigError(f"{path}: must be >= {at_least}, got {_shown(value)}")
     if above is not None and value <= above:
         raise ConfigError(f"{path}: must be > {above}, got {_shown(value)}")
     if below is not None and value >= below:
         raise ConfigError(f"{path}: must be < {below}, got {_shown(value)}")
+    if at_most is not None and value > at_most:
+        raise ConfigError(f"{path}: must be <= {at_most}, got {_shown(value)}")
+
+
+def _check_integer(value, tp, metadata, path: str) -> None:
+    """Refuse a non-integer for an int key, saying the range (``1e30`` is a string in YAML 1.1, ``2.5`` a float)."""
+    options = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    if int not in options or (value is None and type(None) in options):
+        return
+    if isinstance(value, int) and not isinstance(value, bool):
+        return
+    low = metadata.get("at_least", 0)
+    high = metadata.get("at_most") or _LARGEST_INT
+    optional = " or null" if type(None) in options else ""
+    raise ConfigError(
+        f"{path}: expected int from {low} to {high}{optional}, got {_shown(value)} ({type(value).__name__})"
+    )
 
 
 def _build(cls, data: dict, path: str):
@@ -289,6 +334,7 @@ def _build(cls, data: dict, path: str):
             close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
             hint = f"; did you mean '{(path + '.' if path else '') + close[0]}'?" if close else ""
             raise ConfigError(f"{full}: unknown key{hint} (valid keys here: {', '.join(names)})")
+        _check_integer(value, hints[key], fields[key].metadata, full)
         kwargs[key] = _convert(value, hints[key], full)
         _check_range(kwargs[key], fields[key].metadata, full)
     return cls(**kwargs)
