@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pathlib
 import pickle
 import struct
 
@@ -178,3 +179,60 @@ def test_random_init_and_missing_file(tmp_path):
     assert feats.dtype == np.float32 and feats.shape == (3, 1280) and np.isfinite(feats).all()
     with pytest.raises(DeviseError, match="nope.pth"):
         EfficientNetLite0FeatureExtractor(tmp_path / "nope.pth")
+
+
+# -- weights identified by content (issue 8 item 10) -----------------------------
+
+
+def test_local_weights_are_identified_by_content_not_by_name(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a, b = tmp_path / "a" / "lite0.pth", tmp_path / "b" / "lite0.pth"
+    a.write_bytes(b"weights of run A")
+    b.write_bytes(b"weights of run B")
+    fa = EfficientNetLite0FeatureExtractor(a).fingerprint()
+    fb = EfficientNetLite0FeatureExtractor(b).fingerprint()
+    assert fa != fb and "sha256:" in fa and "lite0.pth" not in fa
+
+
+def test_imagenet_fingerprint_names_a_package_file_that_is_not_the_known_one(tmp_path, monkeypatch, weights_path):
+    assert EfficientNetLite0FeatureExtractor("imagenet").weights_id == "imagenet"
+    other = tmp_path / "efficientnet-lite0-57934424.pth"  # same name, other bytes
+    other.write_bytes(b"not the published weights")
+    monkeypatch.setattr("devise.encoders.efficientnet_lite.imagenet_weights_path", lambda: str(other))
+    weights_id = EfficientNetLite0FeatureExtractor("imagenet").weights_id
+    assert weights_id != "imagenet" and "sha256:" in weights_id
+
+
+def test_same_named_weights_files_never_share_cached_features(tmp_path, weights_path):
+    from PIL import Image
+
+    from devise.encoders.feature_cache import FeatureCache, default_cache_path
+
+    state = load_torch_state_dict(weights_path)
+    state["_bn1.bias"] = state["_bn1.bias"] + 1.0  # the head's shift: other features
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a, b = tmp_path / "a" / "weights.pth", tmp_path / "b" / "weights.pth"
+    a.write_bytes(pathlib.Path(weights_path).read_bytes())
+    b.write_bytes(
+        _legacy_file(
+            {
+                name: (np.ascontiguousarray(v).ravel(), 0, v.shape, tuple(s // v.itemsize for s in v.strides))
+                for name, v in ((n, np.ascontiguousarray(t, np.float32)) for n, t in state.items())
+                if v.dtype == np.float32
+            }
+        )
+    )
+    paths = []
+    for k in range(2):
+        paths.append(str(tmp_path / f"img{k}.png"))
+        Image.new("RGB", (40, 30), (60 * k, 120, 200 - 50 * k)).save(paths[-1])
+    ids = ["img0", "img1"]
+    tables = []
+    for weights in (a, b):
+        extractor = EfficientNetLite0FeatureExtractor(weights, batch_size=2)
+        cache = FeatureCache(default_cache_path(tmp_path / "cache", extractor), extractor.fingerprint())
+        tables.append(cache.get_or_compute(extractor, ids, paths, progress=False))
+    assert [t.computed for t in tables] == [2, 2]
+    assert np.abs(tables[0].features - tables[1].features).max() > 0.1

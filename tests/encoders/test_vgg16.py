@@ -58,7 +58,6 @@ def test_identity(extractor):
     fingerprint = extractor.fingerprint().lower()
     assert "vgg16" in fingerprint and "none" in fingerprint
     assert VGG16FeatureExtractor(weights="none").fingerprint() == extractor.fingerprint()
-    assert VGG16FeatureExtractor(weights="/some/dir/my_vgg.h5").weights_id == "my_vgg.h5"
     assert VGG16FeatureExtractor(weights="imagenet").fingerprint() != extractor.fingerprint()
 
 
@@ -170,3 +169,42 @@ def test_build_model_with_missing_local_file_raises(tmp_path):
     with pytest.raises(MissingResourcesError, match="nowhere.h5"):
         VGG16FeatureExtractor(weights=str(missing)).build_model()
 
+
+
+# -- weights identified by content (issue 8 item 10) -----------------------------
+
+
+def test_local_weights_are_identified_by_content_not_by_name(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a, b, renamed = tmp_path / "a" / "vgg.h5", tmp_path / "b" / "vgg.h5", tmp_path / "b" / "other_name.h5"
+    a.write_bytes(b"weights of run A")
+    b.write_bytes(b"weights of run B")
+    renamed.write_bytes(a.read_bytes())
+    fa, fb = (VGG16FeatureExtractor(weights=str(p)).fingerprint() for p in (a, b))
+    assert fa != fb
+    assert VGG16FeatureExtractor(weights=str(renamed)).fingerprint() == fa
+    assert "sha256:" in fa and "vgg.h5" not in fa
+
+    # The same file rewritten with other bytes is other weights.
+    a.write_bytes(b"weights of run A, fine-tuned")
+    assert VGG16FeatureExtractor(weights=str(a)).fingerprint() not in (fa, fb)
+
+
+def test_missing_local_weights_file_has_no_fingerprint(tmp_path):
+    with pytest.raises(MissingResourcesError, match="nowhere.h5"):
+        VGG16FeatureExtractor(weights=str(tmp_path / "nowhere.h5")).fingerprint()
+
+
+def test_imagenet_fingerprint_names_a_file_that_is_not_the_official_one(keras_home):
+    official = VGG16FeatureExtractor(weights="imagenet").fingerprint()
+    assert official == "vgg16-fc7|imagenet|224x224|4096"  # to be downloaded (and hash-checked) by Keras
+    target = _expected_weights_path(keras_home)
+    os.makedirs(os.path.dirname(target))
+    prints = []
+    for content in (b"some other weights", b"yet other weights"):
+        with open(target, "wb") as f:
+            f.write(content)
+        prints.append(VGG16FeatureExtractor(weights="imagenet").fingerprint())
+    assert len({official, *prints}) == 3
+    assert all("sha256:" in p for p in prints)

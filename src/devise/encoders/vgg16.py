@@ -6,13 +6,15 @@ import os
 
 import keras
 
-from devise.encoders.feature_extractor import FeatureExtractor
+from devise.encoders.feature_extractor import FeatureExtractor, weights_file_digest
 from devise.errors import DataFormatError, MissingResourcesError
 
 VGG16_WEIGHTS_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels.h5"
 VGG16_WEIGHTS_URL = (
     "https://storage.googleapis.com/tensorflow/keras-applications/vgg16/" + VGG16_WEIGHTS_FILE
 )
+#: MD5 of the published file, the hash Keras checks downloads against.
+VGG16_WEIGHTS_MD5 = "64373286793e3c8b2b4e3219cbf3544b"
 # Caffe-style preprocessing the ImageNet weights were trained with (BGR order).
 _BGR_MEAN = (103.939, 116.779, 123.68)
 
@@ -63,7 +65,7 @@ def fetch_vgg16_weights() -> str:
             VGG16_WEIGHTS_FILE,
             VGG16_WEIGHTS_URL,
             cache_subdir="models",
-            file_hash="64373286793e3c8b2b4e3219cbf3544b",
+            file_hash=VGG16_WEIGHTS_MD5,
         )
     except Exception as exc:  # Keras wraps every network failure in a bare Exception
         raise DownloadError(VGG16_WEIGHTS_URL, str(exc)) from None
@@ -128,9 +130,28 @@ class VGG16FeatureExtractor(FeatureExtractor):
 
     @property
     def weights_id(self) -> str:
+        """``"none"``, ``"imagenet"`` or ``"sha256:<hex>"``: the weights by content, not by file name.
+
+        The Keras-cached ImageNet file is ``"imagenet"`` only when its MD5 is
+        the published one (a file not yet downloaded will be checked by
+        Keras); any other file, there or local, is named by its SHA-256. The
+        hash is taken once per process and file version (about a second for
+        the 528 MB file; see :func:`weights_file_digest`).
+
+        Raises:
+            MissingResourcesError: a local weights file does not exist.
+        """
         if self.weights is None:
             return "none"
-        return "imagenet" if self.weights == "imagenet" else os.path.basename(self.weights)
+        if self.weights == "imagenet":
+            cached = cached_vgg16_weights()
+            if cached is None or weights_file_digest(cached, "md5") == VGG16_WEIGHTS_MD5:
+                return "imagenet"
+            return f"imagenet-file-sha256:{weights_file_digest(cached)}"
+        problem = vgg16_weights_problem(self.weights, allow_download=False)
+        if problem:
+            raise MissingResourcesError([problem])
+        return f"sha256:{weights_file_digest(self.weights)}"
 
     def build_model(self):
         problem = vgg16_weights_problem(self.weights, allow_download=self.allow_download)
