@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import pathlib
 
 import h5py
 import keras
@@ -274,3 +275,154 @@ def test_default_cache_path_depends_on_the_fingerprint(tmp_path):
     for path in (a, b):
         assert os.path.dirname(path) == str(tmp_path)
         assert os.path.basename(path).startswith("mean-colour-") and path.endswith(".h5")
+
+
+# -- stale features (issue 8 item 10): rows are keyed by the image file ---------
+
+
+def _age(paths, seconds: int = 3600) -> None:
+    """Date files back, as if the dataset had been generated an hour ago."""
+    for path in paths:
+        st = os.stat(path)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns - seconds * 10**9))
+
+
+def test_regenerated_images_are_re_extracted_exactly_where_the_content_changed(tmp_path):
+    ids, paths = _write_images(tmp_path, 6)
+    _age(paths)
+    extractor = MeanColour(batch_size=1)
+    cache = _cache(tmp_path, extractor)
+    assert cache.get_or_compute(extractor, ids, paths, progress=False).computed == 6
+
+    # The dataset is generated again into the same folder: same names, every
+    # file rewritten (new mtime), two of them with other pixels.
+    changed = {1: (200, 10, 30), 4: (5, 250, 5)}
+    for k, path in enumerate(paths):
+        Image.new("RGB", (12 + k % 3, 8 + k % 5), changed.get(k, _colour(k))).save(path)
+    seen = extractor.images_seen
+    table = cache.get_or_compute(extractor, ids, paths, progress=False)
+    # Only the files whose content changed are extracted again; a file
+    # rewritten with the same bytes (or only touched) keeps its features,
+    # because a changed size or mtime is confirmed by the content hash.
+    assert table.computed == 2
+    assert extractor.images_seen - seen == 2
+    expected = _expected(ids)
+    for k, colour in changed.items():
+        expected[k] = colour
+    np.testing.assert_allclose(table.features, expected, atol=1e-3)
+
+    # Nothing changed since: nothing is hashed or extracted again.
+    again = MeanColour(batch_size=1)
+    assert cache.get_or_compute(again, ids, paths, progress=False).computed == 0
+    assert again.extract_calls == 0
+
+
+def test_touched_file_keeps_its_features_and_its_new_stamp_is_recorded(tmp_path):
+    ids, paths = _write_images(tmp_path, 2)
+    _age(paths)
+    extractor = MeanColour()
+    cache = _cache(tmp_path, extractor)
+    cache.get_or_compute(extractor, ids, paths, progress=False)
+    os.utime(paths[0])  # touch: new mtime, same bytes
+    assert cache.get_or_compute(extractor, ids, paths, progress=False).computed == 0
+    with h5py.File(cache.path, "r") as f:
+        stamps = dict(zip(f["paths"].asstr()[()], f["mtime_ns"][()]))
+    assert stamps[os.path.abspath(paths[0])] == os.stat(paths[0]).st_mtime_ns
+
+
+def test_same_ids_in_another_folder_are_not_taken_for_the_same_images(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    ids, paths_a = _write_images(tmp_path / "a", 4)
+    ids_b, paths_b = _write_images(tmp_path / "b", 4, start=10)  # other pixels...
+    for old, new in zip(paths_b, paths_a):  # ...under the same names
+        os.replace(old, os.path.join(tmp_path / "b", os.path.basename(new)))
+    paths_b = [os.path.join(tmp_path / "b", os.path.basename(p)) for p in paths_a]
+    extractor = MeanColour()
+    cache = _cache(tmp_path, extractor)
+    cache.get_or_compute(extractor, ids, paths_a, progress=False)
+
+    table = cache.get_or_compute(extractor, ids, paths_b, progress=False)
+    assert table.computed == 4
+    np.testing.assert_allclose(table.features, _expected(ids_b), atol=1e-3)
+    # A copy of folder a (other paths, same bytes) is found by content.
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for path in paths_a:
+        (copy / os.path.basename(path)).write_bytes(pathlib.Path(path).read_bytes())
+    paths_copy = [str(copy / os.path.basename(p)) for p in paths_a]
+    seen = extractor.images_seen
+    table = cache.get_or_compute(extractor, ids, paths_copy, progress=False)
+    assert table.computed == 0 and extractor.images_seen == seen
+    np.testing.assert_allclose(table.features, _expected(ids), atol=1e-3)
+
+
+def test_old_format_cache_is_recomputed_and_says_so(tmp_path, capsys):
+    ids, paths = _write_images(tmp_path, 3)
+    extractor = MeanColour()
+    cache = _cache(tmp_path, extractor)
+    os.makedirs(os.path.dirname(cache.path))
+    with h5py.File(cache.path, "w") as f:  # format 1: rows keyed by image id only
+        f.attrs["fingerprint"] = extractor.fingerprint()
+        f.attrs["format_version"] = 1
+        f.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype("utf-8"))
+        f.create_dataset("features", data=np.full((3, 3), 7.0, np.float32))  # stale
+    table = cache.get_or_compute(extractor, ids, paths, progress=False)
+    assert table.computed == 3
+    np.testing.assert_allclose(table.features, _expected(ids), atol=1e-3)
+    err = capsys.readouterr().err
+    assert cache.path in err and "format" in err and "recomput" in err
+    assert cache.get_or_compute(extractor, ids, paths, progress=False).computed == 0
+
+
+def test_flipped_bytes_in_the_features_are_detected_and_recomputed(tmp_path, capsys):
+    ids, paths = _write_images(tmp_path, 4)
+    extractor = MeanColour()
+    cache = _cache(tmp_path, extractor)
+    good = cache.get_or_compute(extractor, ids, paths, progress=False).features
+    raw = bytearray(pathlib.Path(cache.path).read_bytes())
+    start = bytes(raw).find(np.ascontiguousarray(good, np.float32).tobytes())
+    assert start > 0
+    raw[start + 21] ^= 0x40  # one bit of one feature
+    pathlib.Path(cache.path).write_bytes(bytes(raw))
+
+    table = cache.get_or_compute(extractor, ids, paths, progress=False)
+    assert table.computed == 4
+    np.testing.assert_array_equal(table.features, good)
+    err = capsys.readouterr().err
+    assert "warning" in err and cache.path in err and "recomput" in err
+
+
+def test_truncated_cache_is_recomputed_with_a_warning(tmp_path, capsys):
+    ids, paths = _write_images(tmp_path, 4)
+    extractor = MeanColour()
+    cache = _cache(tmp_path, extractor)
+    cache.get_or_compute(extractor, ids, paths, progress=False)
+    size = os.path.getsize(cache.path)
+    os.truncate(cache.path, size * 2 // 3)
+    table = cache.get_or_compute(extractor, ids, paths, progress=False)
+    assert table.computed == 4
+    np.testing.assert_allclose(table.features, _expected(ids), atol=1e-3)
+    err = capsys.readouterr().err
+    assert "warning" in err and cache.path in err
+
+
+def test_rows_of_unequal_lengths_are_not_trusted(tmp_path, capsys):
+    ids, paths = _write_images(tmp_path, 3)
+    extractor = MeanColour()
+    cache = _cache(tmp_path, extractor)
+    cache.get_or_compute(extractor, ids, paths, progress=False)
+    with h5py.File(cache.path, "r+") as f:  # one row's file identity lost, stale features
+        f.attrs["format_version"] = 2
+        for name in ("mtime_ns", "size"):
+            if name in f:
+                data = f[name][()][:-1]
+                del f[name]
+                f.create_dataset(name, data=data)
+        features = f["features"][()]
+        del f["features"]
+        f.create_dataset("features", data=features + 50)
+    table = cache.get_or_compute(extractor, ids, paths, progress=False)
+    assert table.computed == 3
+    np.testing.assert_allclose(table.features, _expected(ids), atol=1e-3)
+    assert "warning" in capsys.readouterr().err
