@@ -5,7 +5,9 @@ from __future__ import annotations
 import collections
 import dataclasses
 import importlib.util
+import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -28,9 +30,18 @@ from devise.encoders.feature_extractor import FeatureExtractor
 from devise.errors import DeviseError
 from devise.losses.hinge_rank import HingeRankLoss
 from devise.model import DeViSEJointModel, DeViSEModel, build_devise_model
-from devise.training.config import ExperimentConfig, save_config
+from devise.training.config import ExperimentConfig, config_to_dict, save_config
 from devise.training.evaluation import caption_key, evaluate_retrieval, format_metrics_table
 from devise.training.resources import check_resources
+from devise.training.resume import (
+    CHECKPOINT_FILE,
+    TrainingCheckpoint,
+    config_digest,
+    constant_variables,
+    mutable_variables,
+    read_checkpoint,
+    restore,
+)
 from devise.training.run_directory import (
     check_run_dir_reusable,
     create_run_directory,
@@ -102,6 +113,8 @@ class Trainer:
     def __init__(self, config: ExperimentConfig, *, run_dir: str | None = None, verbose: bool = True):
         self.config = config
         self.run_dir = run_dir
+        self._config_hash = config_digest(config_to_dict(config))
+        self._resume_state = None  # an interrupted run's checkpoint, read by run()
         self.verbose = verbose
 
     def _log(self, message: str) -> None:
@@ -211,10 +224,16 @@ class Trainer:
 
     # -- the run ------------------------------------------------------------
     def run(self) -> TrainResult:
-        """Train and evaluate; the run directory is marked complete only when everything is written."""
+        """Train and evaluate; the run directory is marked complete only when everything is written.
+
+        Rerun with the same config and ``run_dir`` after an interruption, it
+        resumes from the last completed epoch (see :mod:`devise.training.resume`).
+        """
         if self.run_dir is not None:
             check_run_dir_reusable(self.run_dir)
         result = self._run()
+        # The model is saved: the checkpoint is no longer needed.
+        shutil.rmtree(os.path.dirname(os.path.join(result.run_dir, CHECKPOINT_FILE)), ignore_errors=True)
         mark_run_complete(result.run_dir, sorted(os.listdir(result.run_dir)))
         return result
 
@@ -224,6 +243,8 @@ class Trainer:
         keras.utils.set_random_seed(config.trainer.seed)
         run_dir = self.run_dir or create_run_directory(config.output_dir, config.name)
         os.makedirs(run_dir, exist_ok=True)
+        # Read (and check) an interrupted run's checkpoint before config.yaml is rewritten.
+        self._resume_state = read_checkpoint(os.path.join(run_dir, CHECKPOINT_FILE), self._config_hash)
         save_config(config, os.path.join(run_dir, "config.yaml"))
         self._log(f"run directory: {run_dir}")
         from devise.training.zeroshot_run import is_zeroshot, run_zeroshot
@@ -329,25 +350,37 @@ class Trainer:
                 config.loss.margin, negatives=config.loss.negatives, directions=config.loss.directions, seed=tc.seed
             )
             keras_model.compile(optimizer=optimizer, loss=loss)
+            # Built now (not lazily in fit) so that a checkpoint can restore its moments.
+            optimizer.build(keras_model.trainable_variables)
         model = DeViSEModel(keras_model)
 
-        def dataset(records, shuffle):
+        def dataset(records, shuffle, first_epoch=0):
             ids = sorted({r.image_id for r in records})
             group = {image_id: i for i, image_id in enumerate(ids)}
             # Identical captions (after tokenising) are never each other's negatives.
             caption_group: dict[str, int] = {}
             x = {
                 "image_features": np.stack([features[r.image_id] for r in records]).astype(np.float32),
-                "tokens": tf.constant(keras_model.text_encoder.encode_texts([r.caption for r in records])[0].astype(str)),
+                "tokens": keras_model.text_encoder.encode_texts([r.caption for r in records])[0].astype(str),
             }
             y = np.array(
                 [[group[r.image_id], caption_group.setdefault(caption_key(r.caption), len(caption_group))] for r in records],
                 np.int32,
             )
-            ds = tf.data.Dataset.from_tensor_slices((x, y))
-            if shuffle:
-                ds = ds.shuffle(len(records), seed=tc.seed, reshuffle_each_iteration=True)
-            return ds.batch(tc.batch_size).prefetch(tf.data.AUTOTUNE)
+            if not shuffle:
+                return tf.data.Dataset.from_tensor_slices((x, y)).batch(tc.batch_size).prefetch(tf.data.AUTOTUNE)
+            # Epoch e's order depends only on (seed, e), so a run resumed at epoch e sees the batches
+            # an uninterrupted run sees there. One pass of batches per epoch, epochs back to back.
+            x_t, y_t = {k: tf.constant(v) for k, v in x.items()}, tf.constant(y)
+
+            def epoch_batches(epoch):
+                seed = tf.stack([tf.constant(tc.seed, tf.int64), epoch])
+                order = tf.random.experimental.stateless_shuffle(tf.range(len(records)), seed=seed)
+                return tf.data.Dataset.from_tensor_slices(order).batch(tc.batch_size)
+
+            ds = tf.data.Dataset.range(first_epoch, tc.epochs).flat_map(epoch_batches)
+            ds = ds.map(lambda rows: ({k: tf.gather(v, rows) for k, v in x_t.items()}, tf.gather(y_t, rows)))
+            return ds.prefetch(tf.data.AUTOTUNE)
 
         callbacks = [keras.callbacks.TerminateOnNaN()]
         if importlib.util.find_spec("tensorboard") is not None:
@@ -358,16 +391,34 @@ class Trainer:
         if splits.get("val"):
             selector = BestValidationRecall(model, splits["val"], features, log=self._log)
             callbacks.insert(1, selector)  # before TensorBoard, which then logs val_rsum
-        history = keras_model.fit(
-            dataset(splits["train"], shuffle=True),
-            validation_data=dataset(splits["val"], shuffle=False) if splits.get("val") else None,
-            epochs=tc.epochs,
-            shuffle=False,  # the dataset reshuffles itself each epoch
-            callbacks=callbacks,
-            # Keras prints to stdout: a live progress bar on a terminal, one line per epoch elsewhere.
-            verbose=0 if not self.verbose else 1 if sys.stdout.isatty() else 2,
+        checkpoint_path = os.path.join(run_dir, CHECKPOINT_FILE)
+        variables, constants = mutable_variables(keras_model, loss), constant_variables(keras_model)
+        state, first_epoch = self._resume_state, 0
+        if state is not None:
+            restore(state, variables, constants, checkpoint_path)
+            if selector is not None and state.best_weights is not None:
+                selector.best, selector.best_epoch, selector.best_weights = state.best_rsum, state.best_epoch, state.best_weights
+            first_epoch = min(state.epoch, tc.epochs)
+            self._log(f"resuming from the checkpoint written after epoch {state.epoch} ({checkpoint_path})")
+        checkpoint = TrainingCheckpoint(
+            checkpoint_path, variables, constants, self._config_hash,
+            selector=selector, history=state.history if state is not None else None,
         )
-        losses = history.history.get("loss", [])
+        callbacks.insert(2 if selector is not None else 1, checkpoint)  # after the selector, whose state it saves
+        if first_epoch < tc.epochs:
+            keras_model.fit(
+                dataset(splits["train"], shuffle=True, first_epoch=first_epoch),
+                validation_data=dataset(splits["val"], shuffle=False) if splits.get("val") else None,
+                epochs=tc.epochs,
+                initial_epoch=first_epoch,
+                steps_per_epoch=math.ceil(len(splits["train"]) / tc.batch_size),
+                shuffle=False,  # the dataset shuffles itself, epoch by epoch
+                callbacks=callbacks,
+                # Keras prints to stdout: a live progress bar on a terminal, one line per epoch elsewhere.
+                verbose=0 if not self.verbose else 1 if sys.stdout.isatty() else 2,
+            )
+        history = checkpoint.history
+        losses = history.get("loss", [])
         if losses and not np.isfinite(losses[-1]):
             raise DeviseError(
                 f"training diverged: the loss became {losses[-1]} in epoch {len(losses)}; "
@@ -375,7 +426,7 @@ class Trainer:
             )
         if selector is not None:
             selector.restore_best()
-        return model, {k: [float(v) for v in vals] for k, vals in history.history.items()}
+        return model, history
 
     def fit_regression(self, splits, features, table: WordTable):
         """The paper's baseline: ridge regression from image features to the mean word vector of their captions.

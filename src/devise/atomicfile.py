@@ -1,0 +1,65 @@
+"""Writing a file so that readers see the old version or the new one, never half of one.
+
+One helper for every file devise produces (run directories, checkpoints,
+caches, indexes): the data goes to a temporary file beside the target, which
+replaces the target in a single :func:`os.replace` only once it is complete.
+A crash, ``kill -9`` or Ctrl-C leaves the previous file (or none); the
+temporary file is removed when writing raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+
+def temporary_path(path: str | os.PathLike) -> str:
+    """The temporary name used for ``path``: beside it, same extension (Keras and h5py look at it)."""
+    root, ext = os.path.splitext(os.fspath(path))
+    return f"{root}.tmp-{os.getpid()}{ext}"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, *, durable: bool = False) -> Iterator[str]:
+    """Yield a temporary path to write; on success it replaces ``path`` in one rename.
+
+    Args:
+        path: the file to (re)write.
+        durable: also flush the file and its folder to disk (``fsync``)
+            before and after the rename, so the new version survives a
+            power loss, not only a crash of this process. Costs a disk
+            flush: meant for checkpoints, not for every small file.
+
+    Yields:
+        The temporary path. The caller writes the whole file there (with
+        any library: h5py, Keras, ``open``) and returns; if the block
+        raises, the temporary file is deleted and ``path`` is untouched.
+    """
+    path = os.fspath(path)
+    tmp = temporary_path(path)
+    try:
+        yield tmp
+        if durable:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    if durable:
+        _fsync_dir(os.path.dirname(path) or ".")
+
+
+def _fsync_dir(folder: str) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some platforms cannot open folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
