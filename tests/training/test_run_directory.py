@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -11,7 +12,12 @@ import devise
 from devise.cli.classify import main as classify_main
 from devise.cli.eval import main as eval_main
 from devise.search.engine import SearchEngine
-from devise.training.run_directory import COMPLETE_FILE
+from devise.training.run_directory import (
+    COMPLETE_FILE,
+    check_directory_writable,
+    check_run_dir_reusable,
+    create_run_directory,
+)
 
 
 def test_a_finished_run_is_marked_complete_last(tiny_run):
@@ -41,3 +47,36 @@ def test_an_unfinished_run_is_refused_by_every_reader(tiny_run, tmp_path, capsys
     photo = next((tiny_run.parent / "shapes" / "dataset" / "red_circle").iterdir())
     assert classify_main(["--run", str(run), str(photo), "--labels", "red circle,blue star"]) == 1
     assert "did not finish" in capsys.readouterr().err
+
+
+def test_a_run_directory_cannot_be_made_under_a_regular_file(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    for path in (blocker, blocker / "runs", blocker / "runs" / "deeper"):
+        with pytest.raises(devise.DeviseError, match="not a folder") as info:
+            create_run_directory(path, "demo")
+        assert str(blocker) in str(info.value) and "\n" not in str(info.value)
+        with pytest.raises(devise.DeviseError, match="not a folder"):
+            check_directory_writable(path)
+    check_directory_writable(tmp_path / "new" / "runs")  # missing folders are fine: they are made
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_finished_run_check_also_refuses_an_impossible_run_dir(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(devise.DeviseError, match="not a folder"):
+        check_run_dir_reusable(blocker / "run")
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into a mode-0500 folder anyway")
+def test_a_run_directory_cannot_be_made_in_a_read_only_folder(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    try:
+        for call in (lambda: create_run_directory(locked, "demo"), lambda: check_directory_writable(locked / "runs")):
+            with pytest.raises(devise.DeviseError, match="not writable") as info:
+                call()
+            assert str(locked) in str(info.value)
+    finally:
+        locked.chmod(0o700)

@@ -43,21 +43,63 @@ def check_run_complete(run_dir: str | os.PathLike) -> None:
 
 
 def check_run_dir_reusable(run_dir: str | os.PathLike) -> None:
-    """Refuse to train into a directory that holds a finished run.
+    """Refuse to train into a directory that holds a finished run, or that cannot be made or written.
 
     Raises:
-        DeviseError: ``run_dir`` holds :data:`COMPLETE_FILE`.
+        DeviseError: ``run_dir`` holds :data:`COMPLETE_FILE`, or see
+            :func:`check_directory_writable`.
     """
     from devise.errors import DeviseError
 
+    check_directory_writable(run_dir, "--run-dir")
     if os.path.isfile(os.path.join(os.fspath(run_dir), COMPLETE_FILE)):
         raise DeviseError(
             f"{run_dir}: already holds a finished run; choose another --run-dir (or delete this one first)"
         )
 
 
+def check_directory_writable(path: str | os.PathLike, setting: str = "output_dir") -> None:
+    """Refuse a folder that cannot be made or written, before any slow work (nothing is created).
+
+    Missing folders are fine: the nearest existing one must be a folder this
+    user can write into.
+
+    Args:
+        path: the folder a run will write into (or under).
+        setting: what the user set it with, named in the message (``output_dir``, ``--run-dir``).
+
+    Raises:
+        DeviseError: a parent of ``path`` is a regular file, or the nearest
+            existing folder is not writable; the message names it.
+    """
+    from devise.errors import DeviseError
+
+    path = os.path.abspath(os.fspath(path))
+    existing = path
+    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+
+    def refuse(what: str, advice: str) -> DeviseError:
+        if existing == path:
+            return DeviseError(f"{path}: the {setting} is {what}; {advice}")
+        return DeviseError(f"{existing}: {what}, so {setting} {path} cannot be made in it; {advice}")
+
+    if not os.path.isdir(existing):
+        raise refuse("not a folder", f"choose another {setting}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise refuse("not writable by this user", f"choose another {setting} or change the folder's permissions")
+
+
 def create_run_directory(output_dir: str | os.PathLike, name: str) -> str:
-    """Make ``<output_dir>/<name>-<YYYYmmdd-HHMMSS>`` (suffixed ``-2``, ``-3`` on a clash)."""
+    """Make ``<output_dir>/<name>-<YYYYmmdd-HHMMSS>`` (suffixed ``-2``, ``-3`` on a clash).
+
+    Raises:
+        DeviseError: ``output_dir`` cannot be made or written (see
+            :func:`check_directory_writable`).
+    """
+    from devise.errors import DeviseError
+
+    check_directory_writable(output_dir)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     base = os.path.join(os.fspath(output_dir), f"{name}-{stamp}")
     path, n = base, 1
@@ -68,6 +110,10 @@ def create_run_directory(output_dir: str | os.PathLike, name: str) -> str:
         except FileExistsError:
             n += 1
             path = f"{base}-{n}"
+        except OSError as exc:  # what the check above cannot foresee: a read-only mount, a full disk
+            raise DeviseError(
+                f"{path}: cannot make the run directory ({exc.strerror or exc}); choose another output_dir"
+            ) from None
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
