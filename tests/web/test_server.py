@@ -122,12 +122,22 @@ def test_image_thumbnail_and_captions_by_row(server):
 
 
 @pytest.mark.slow
-def test_page_is_self_contained_html(server):
+def test_page_and_its_files_come_from_the_server_only(server):
     status, headers, body = get(server, "/")
     assert status == 200 and headers.get_content_type() == "text/html"
     html = body.decode("utf-8")
-    assert '<form id="search-form"' in html and "/api/search" in html
-    assert "http://" not in html and "https://" not in html  # nothing from a CDN
+    assert '<form id="search-form"' in html and 'max="100"' in html and 'maxlength="500"' in html
+    assert "${" not in html  # every placeholder filled
+    policy = headers["Content-Security-Policy"]
+    assert "script-src 'self'" in policy and "unsafe-inline" not in policy
+    status, headers, script = get(server, "/static/app.js")
+    assert status == 200 and headers.get_content_type() == "text/javascript" and b"/api/search" in script
+    status, headers, style = get(server, "/static/style.css")
+    assert status == 200 and headers.get_content_type() == "text/css"
+    for text in (body, script, style):
+        assert b"http://" not in text and b"https://" not in text  # nothing from a CDN
+    status, body = get_json(server, "/static/index.html")
+    assert status == 404 and "no static file" in body["error"]
 
 
 @pytest.mark.slow
@@ -227,6 +237,22 @@ def test_cli_prints_url_and_warns_on_a_network_host(server, monkeypatch, capsys)
 
 
 @pytest.mark.slow
+def test_cli_passes_the_thumbnail_options(server, monkeypatch, tmp_path):
+    import uvicorn
+
+    apps = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: apps.append(app))
+    argv = ["--index", str(server.index_path), "--thumbnail-dir", str(tmp_path / "t"), "--max-image-pixels", "1000"]
+    assert serve_cli.main(argv) == 0
+    store = apps[-1].state.thumbnails
+    assert store.directory == str(tmp_path / "t") and store.max_pixels == 1000
+    assert serve_cli.main(["--index", str(server.index_path)]) == 0
+    assert apps[-1].state.thumbnails.directory == f"{server.index_path}.thumbs"
+    with pytest.raises(SystemExit):
+        serve_cli.main(["--index", str(server.index_path), "--max-image-pixels", "0"])
+
+
+@pytest.mark.slow
 def test_foreign_host_headers_are_refused(server, tiny_run, tiny_index):
     """DNS rebinding: a page on attacker.example that resolves to 127.0.0.1 must get nothing."""
 
@@ -266,8 +292,17 @@ def test_cli_usage_and_missing_index(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "host, loopback",
-    [("127.0.0.1", True), ("localhost", True), ("::1", True), ("[::1]", True), ("127.0.0.2", True),
-     ("0.0.0.0", False), ("::", False), ("192.168.1.4", False), ("example.org", False)],
+    [
+        ("127.0.0.1", True),
+        ("localhost", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("127.0.0.2", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("192.168.1.4", False),
+        ("example.org", False),
+    ],
 )
 def test_is_loopback(host, loopback):
     assert serve_cli.is_loopback(host) is loopback
@@ -285,7 +320,7 @@ def test_devise_imports_without_the_serve_extra():
         "except OptionalDependencyError as exc:\n"
         "    print(exc)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "devise-serve needs the 'fastapi' package" in result.stdout
     assert "devise[serve]" in result.stdout
@@ -296,9 +331,19 @@ class _FaultyEngine:
 
     run_dir = None
 
-    def __init__(self, image_path: str):
+    def __init__(self, folder: str):
         self.index = type(
-            "Index", (), {"paths": [image_path], "ids": ["a.png"], "__len__": lambda self: 1, "row_of": lambda s, i: 0}
+            "Index",
+            (),
+            {
+                "path": f"{folder}/index.h5",
+                "image_root": folder,
+                "ids": ["a.png"],
+                "sizes": [1],
+                "mtime_ns": [0],
+                "__len__": lambda self: 1,
+                "row_of": lambda s, i: 0,
+            },
         )()
 
     def search(self, query, k):
@@ -307,7 +352,7 @@ class _FaultyEngine:
 
 def test_a_server_fault_is_a_json_500_without_details(tmp_path):
     (tmp_path / "a.png").write_bytes(b"x")
-    app = create_app(_FaultyEngine(str(tmp_path / "a.png")), captions=["a red circle"])
+    app = create_app(_FaultyEngine(str(tmp_path)), captions=["a red circle"])
     with BackgroundServer(app, host="127.0.0.1", port=0, log_level="critical") as running:
         status, body = get_json(running, search_path("red"))
         assert status == 500 and body == {"error": "internal server error"}

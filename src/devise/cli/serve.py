@@ -5,6 +5,7 @@ Usage::
     devise-serve --index pictures.h5                     # http://127.0.0.1:8000/
     devise-serve --index pictures.h5 --run RUN --port 9000
     devise-serve --index pictures.h5 --host 0.0.0.0      # reachable from the network (warned)
+    devise-serve --index pictures.h5 --thumbnail-dir ~/.cache/devise/pictures --max-image-pixels 100000000
 
 Needs the ``serve`` extra: ``pip install 'devise[serve]'``.
 """
@@ -15,6 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from devise.cli.common import console_entry, quiet_tensorflow, read_lines, run_command
+from devise.web.thumbnails import DEFAULT_MAX_IMAGE_PIXELS
 
 PROG = "devise-serve"
 
@@ -34,6 +36,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--captions", help="candidate captions for the image view, one per line (default: the run's dataset captions)"
+    )
+    parser.add_argument(
+        "--thumbnail-dir",
+        metavar="DIR",
+        help="where thumbnails are kept, made once per image (default: beside the index, INDEX.thumbs)",
+    )
+    parser.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        metavar="N",
+        help="images that decode to more pixels get no thumbnail or captions, bounding the server's memory "
+        f"(default {DEFAULT_MAX_IMAGE_PIXELS:,}; JPEGs count at their reduced decode)",
     )
     parser.add_argument(
         "--allowed-host",
@@ -65,6 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--max-k must be at least 1")
     if args.max_query_chars < 1:
         parser.error("--max-query-chars must be at least 1")
+    if args.max_image_pixels < 1:
+        parser.error("--max-image-pixels must be at least 1")
     quiet_tensorflow()
 
     def body() -> int:
@@ -88,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             captions=captions,
             max_k=args.max_k,
             max_query_chars=args.max_query_chars,
+            thumbnail_dir=args.thumbnail_dir,
+            max_image_pixels=args.max_image_pixels,
             allowed_hosts=list(dict.fromkeys(hosts)),
         )
         if not is_loopback(args.host):

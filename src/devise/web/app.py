@@ -1,21 +1,24 @@
-"""The image-search web app: one HTML page and a small JSON API over a :class:`SearchEngine`.
+"""The image-search web app: a search page and a small JSON API over a :class:`SearchEngine`.
 
 Routes (every error is JSON ``{"error": "..."}``: a 4xx status for a bad
-request, 500 with no details for a fault of the server, whose traceback goes
-to the server's log only):
+request, 503 with ``Retry-After`` when the server is saturated, 500 with no
+details for a fault of the server, whose traceback goes to its log only):
 
-* ``GET /`` -- the search page (self-contained: inline CSS and JavaScript, nothing from a CDN).
+* ``GET /`` -- the search page; ``GET /static/{style.css,app.js}`` -- its style
+  and script (package data in ``devise/web/static``; nothing from a CDN).
 * ``GET /api/search?q=TEXT&k=N`` -- ``{query, k, unknown_words, results: [{rank, row, id, score,
   thumbnail_url, image_url, captions_url}]}``; ``unknown_words`` lists the query's words without a
   word vector (ignored); a query with no word that has one is refused with 400.
 * ``GET /api/image/{row}`` -- the indexed image file at that row of the index.
-* ``GET /api/thumbnail/{row}`` -- a JPEG thumbnail of it (made with Pillow, cached in memory).
+* ``GET /api/thumbnail/{row}`` -- a JPEG thumbnail of it (see :mod:`devise.web.thumbnails`).
 * ``GET /api/captions/{row}?k=N`` -- the candidate captions that best describe that image.
 * ``GET /api/health`` -- ``{status, images}``.
 
 Images are addressed only by their integer row in the index; a path sent by a
-client is never opened. The model is called under a lock (one query at a time),
-so the app is safe to run with uvicorn's thread pool.
+client is never opened. Before a file is read it is checked to be the file
+that was indexed (:func:`devise.web.files.open_indexed_file`): a changed file,
+or one replaced by a symbolic link, gets 410. The model is called under a lock
+(one query at a time), so the app is safe to run with uvicorn's thread pool.
 
 Example:
 ```python
@@ -28,18 +31,31 @@ with BackgroundServer(app) as server:
 ```
 """
 
-import collections
-import io
+import functools
+import importlib.resources
+import logging
 import mimetypes
 import os
-import re
-import socket
+import string
+import tempfile
 import threading
-import time
-from collections.abc import Callable, Hashable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Annotated, BinaryIO, NoReturn
 
 from devise.errors import DeviseError, QueryError, require
+from devise.web.files import (
+    IndexedFileError,
+    IndexedFileMissingError,
+    open_indexed_file,
+)
+from devise.web.thumbnails import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    ImageDecodeError,
+    ImageTooLargeError,
+    ThumbnailBusyError,
+    ThumbnailStore,
+    image_dimensions,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from fastapi import FastAPI
@@ -47,60 +63,25 @@ if TYPE_CHECKING:  # pragma: no cover
     from devise.search.engine import SearchEngine
 
 PURPOSE = "devise-serve"
-_ROW_PATTERN = re.compile(r"[0-9]{1,12}")
-_K_PATTERN = re.compile(r"[0-9]{1,12}")
-
-
-class _LRU:
-    """A thread-safe least-recently-used cache of at most ``maxsize`` entries."""
-
-    def __init__(self, maxsize: int):
-        self.maxsize = max(0, int(maxsize))
-        self._items: collections.OrderedDict[Hashable, Any] = collections.OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: Hashable) -> Any | None:
-        with self._lock:
-            if key not in self._items:
-                return None
-            self._items.move_to_end(key)
-            return self._items[key]
-
-    def put(self, key: Hashable, value: Any) -> None:
-        if self.maxsize == 0:
-            return
-        with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self.maxsize:
-                self._items.popitem(last=False)
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._items)
-
-
-def make_thumbnail(path: str, size: int) -> bytes:
-    """A JPEG thumbnail (longest side at most ``size``) of an image file; transparency becomes white."""
-    from PIL import Image, ImageOps
-
-    with Image.open(path) as image:
-        image.draft("RGB", (size, size))  # cheap JPEG downscaling while decoding
-        image = ImageOps.exif_transpose(image)
-        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-            rgba = image.convert("RGBA")
-            image = Image.new("RGB", rgba.size, (255, 255, 255))
-            image.paste(rgba, mask=rgba.getchannel("A"))
-        else:
-            image = image.convert("RGB")
-        image.thumbnail((size, size))
-        out = io.BytesIO()
-        image.save(out, "JPEG", quality=85)
-    return out.getvalue()
-
 
 #: Host names a server bound to this machine answers to by default.
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+# The page's own files, served from memory; everything else under /static is 404.
+_ASSETS = {"style.css": "text/css; charset=utf-8", "app.js": "text/javascript; charset=utf-8"}
+_PAGE_POLICY = (
+    "default-src 'none'; img-src 'self'; connect-src 'self'; style-src 'self'; script-src 'self'; "
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+_CHUNK_BYTES = 1 << 16
+_RETRY_AFTER_S = "1"
+
+log = logging.getLogger(__name__)
+
+
+def read_static(name: str) -> str:
+    """The text of a file of the page (``index.html``, ``style.css``, ``app.js``), from package data."""
+    return importlib.resources.files("devise.web").joinpath("static", name).read_text("utf-8")
 
 
 def create_app(
@@ -111,7 +92,10 @@ def create_app(
     max_k: int = 100,
     default_k: int = 24,
     thumbnail_size: int = 256,
-    thumbnail_cache_size: int = 1024,
+    thumbnail_dir: str | os.PathLike | None = None,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    thumbnail_workers: int = 2,
+    thumbnail_queue: int = 16,
     result_cache_size: int = 256,
     allowed_hosts: Sequence[str] = LOOPBACK_HOSTS,
 ) -> "FastAPI":
@@ -125,7 +109,14 @@ def create_app(
         max_k: the largest ``k`` a client may ask for (larger is refused with 400).
         default_k: ``k`` when the request gives none.
         thumbnail_size: longest side of thumbnails, in pixels.
-        thumbnail_cache_size: thumbnails kept in memory (least recently used go first).
+        thumbnail_dir: where thumbnails are kept on disk (default: beside the
+            index, ``INDEX.thumbs``; a temporary folder if that cannot be
+            created).
+        max_image_pixels: images that would decode to more pixels get no
+            thumbnail and no captions (422); the full file is still served.
+        thumbnail_workers: thumbnails made at the same time.
+        thumbnail_queue: thumbnail requests that may wait for a worker; more
+            get 503 with ``Retry-After``.
         result_cache_size: search and caption answers kept in memory.
         allowed_hosts: the names a request's ``Host`` header may carry
             (Starlette's ``TrustedHostMiddleware``; others get 400), so a
@@ -133,26 +124,35 @@ def create_app(
             rebinding; ``["*"]`` allows any.
 
     Returns:
-        The app, to run with uvicorn or :class:`BackgroundServer`.
+        The app, to run with uvicorn or :class:`~devise.web.server.BackgroundServer`.
     """
     fastapi = require("fastapi", "serve", PURPOSE)
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+    from fastapi.responses import (
+        HTMLResponse,
+        JSONResponse,
+        Response,
+        StreamingResponse,
+    )
     from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
 
     if engine.index is None:
         raise DeviseError("the web app needs a search engine with an index loaded")
-    if max_query_chars < 1 or max_k < 1 or thumbnail_size < 16:
-        raise ValueError("max_query_chars and max_k must be >= 1 and thumbnail_size >= 16")
+    if max_query_chars < 1 or max_k < 1 or thumbnail_size < 16 or max_image_pixels < 1:
+        raise ValueError("max_query_chars, max_k and max_image_pixels must be >= 1 and thumbnail_size >= 16")
     default_k = max(1, min(default_k, max_k))
+    default_caption_k = min(5, max_k)
 
     index = engine.index
     n_images = len(index)
     model_lock = threading.Lock()  # Keras models and the index reader are not assumed thread-safe
-    thumbnails = _LRU(thumbnail_cache_size)
-    answers = _LRU(result_cache_size)
     candidates: list[list[str]] = [list(dict.fromkeys(captions))] if captions is not None else []
     candidates_lock = threading.Lock()
+    page_html = string.Template(read_static("index.html")).substitute(
+        images=n_images, max_query_chars=max_query_chars, max_k=max_k, default_k=default_k
+    )
+    assets = {name: (read_static(name).encode("utf-8"), media) for name, media in _ASSETS.items()}
 
     app = fastapi.FastAPI(
         title="devise image search",
@@ -161,15 +161,48 @@ def create_app(
         openapi_url=None,
     )
     app.state.engine = engine
-    from starlette.middleware.trustedhost import TrustedHostMiddleware
-
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
 
-    def fail(status: int, message: str):
-        raise StarletteHTTPException(status_code=status, detail=message)
+    store_options = {
+        "size": thumbnail_size,
+        "max_pixels": max_image_pixels,
+        "workers": thumbnail_workers,
+        "queue": thumbnail_queue,
+    }
+    directory = thumbnail_dir if thumbnail_dir is not None else f"{index.path}.thumbs"
+    try:
+        thumbnails = ThumbnailStore(directory, **store_options)
+    except OSError as exc:
+        app.state.thumbnail_tmp = tempfile.TemporaryDirectory(prefix="devise-thumbnails-")
+        log.warning("cannot create %s (%s): thumbnails go to %s", directory, exc.strerror, app.state.thumbnail_tmp.name)
+        thumbnails = ThumbnailStore(app.state.thumbnail_tmp.name, **store_options)
+    app.state.thumbnails = thumbnails
+
+    def fail(status: int, message: str, headers: dict | None = None) -> NoReturn:
+        raise StarletteHTTPException(status_code=status, detail=message, headers=headers)
 
     def error_response(status: int, message: str, headers: dict | None = None) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+    def no_such_row(given: object) -> str:
+        known = f"rows 0 to {n_images - 1}" if n_images else "the index is empty"
+        return f"no image {str(given)[:40]!r} in the index ({known})"
+
+    def invalid_request(errors: Sequence[dict]) -> tuple[int, str]:
+        """Status and message for the first parameter FastAPI's declarations refused."""
+        if not errors:
+            return 400, "invalid request parameters"
+        error = errors[0]
+        where, name, given = error["loc"][0], str(error["loc"][-1]), error.get("input")
+        if where == "path":  # a row that is not in the index names nothing: 404, as for an unknown route
+            return 404, no_such_row(given)
+        if name == "k":
+            return 400, f"k must be a whole number between 1 and {max_k}, got {str(given)[:40]!r}"
+        if name == "q" and error["type"] == "missing":
+            return 400, "missing query: use /api/search?q=TEXT"
+        if name == "q" and error["type"] == "string_too_long":
+            return 400, f"query too long: {len(given)} characters (at most {max_query_chars})"
+        return 400, f"invalid parameter {name!r}: {error.get('msg', 'refused')}"
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request, exc: StarletteHTTPException):
@@ -180,7 +213,7 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request, exc: RequestValidationError):
-        return error_response(400, "invalid request parameters")
+        return error_response(*invalid_request(exc.errors()))
 
     @app.exception_handler(Exception)
     async def _server_fault(request, exc: Exception):
@@ -196,27 +229,25 @@ def create_app(
         response.headers.setdefault("X-Frame-Options", "DENY")
         return response
 
-    def parse_k(raw: str | None, default: int, maximum: int) -> int:
-        if raw is None or raw == "":
-            return default
-        if not _K_PATTERN.fullmatch(raw):
-            fail(400, f"k must be a whole number between 1 and {maximum}")
-        k = int(raw)
-        if not 1 <= k <= maximum:
-            fail(400, f"k must be between 1 and {maximum}, got {k}")
-        return k
+    Row = Annotated[int, fastapi.Path(ge=0, lt=n_images)]
+    K = Annotated[int, fastapi.Query(ge=1, le=max_k)]
 
-    def parse_row(raw: str) -> int:
-        if not _ROW_PATTERN.fullmatch(raw) or int(raw) >= n_images:
-            known = f"rows 0 to {n_images - 1}" if n_images else "the index is empty"
-            fail(404, f"no image {raw[:40]!r} in the index ({known})")
-        return int(raw)
+    def open_row(row: int) -> BinaryIO:
+        try:
+            return open_indexed_file(index, row)
+        except IndexedFileMissingError as exc:
+            fail(404, str(exc))
+        except IndexedFileError as exc:  # changed, or replaced by a link: not the file that was indexed
+            fail(410, str(exc))
 
-    def image_path(row: int) -> str:
-        path = index.paths[row]
-        if not os.path.isfile(path):
-            fail(404, f"image {row} is no longer on disk; re-run devise-index")
-        return path
+    def refuse_image(row: int, exc: DeviseError, what: str) -> NoReturn:
+        if isinstance(exc, ImageTooLargeError):
+            fail(
+                422,
+                f"image {row} ({index.ids[row]}): {exc}, so it has no {what} (the file itself is at "
+                f"/api/image/{row}; devise-serve --max-image-pixels raises the limit)",
+            )
+        fail(422, f"image {row} cannot be decoded")
 
     def result_dict(rank: int, row: int, item_id: str, score: float) -> dict:
         return {
@@ -229,41 +260,23 @@ def create_app(
             "captions_url": f"/api/captions/{row}",
         }
 
-    @app.get("/", response_class=HTMLResponse)
+    @app.get("/")
     def page():
-        html = (
-            _PAGE.replace("__MAX_QUERY__", str(max_query_chars))
-            .replace("__MAX_K__", str(max_k))
-            .replace("__DEFAULT_K__", str(default_k))
-            .replace("__IMAGES__", str(n_images))
-        )
-        return HTMLResponse(
-            html,
-            headers={
-                "Content-Security-Policy": "default-src 'none'; img-src 'self'; connect-src 'self'; "
-                "style-src 'unsafe-inline'; script-src 'unsafe-inline'; base-uri 'none'; form-action 'self'"
-            },
-        )
+        return HTMLResponse(page_html, headers={"Content-Security-Policy": _PAGE_POLICY})
+
+    @app.get("/static/{name}")
+    def static(name: str):
+        if name not in assets:
+            fail(404, f"not found: no static file {name[:40]!r}")
+        body, media_type = assets[name]
+        return Response(body, media_type=media_type, headers={"Cache-Control": "no-cache"})
 
     @app.get("/api/health")
     def health():
         return {"status": "ok", "images": n_images}
 
-    @app.get("/api/search")
-    def search(request: fastapi.Request):
-        query = request.query_params.get("q")
-        if query is None:
-            fail(400, "missing query: use /api/search?q=TEXT")
-        if len(query) > max_query_chars:
-            fail(400, f"query too long: {len(query)} characters (at most {max_query_chars})")
-        query = " ".join(query.split())
-        if not query:
-            fail(400, "empty query")
-        k = parse_k(request.query_params.get("k"), default_k, max_k)
-        key = ("search", query, k)
-        cached = answers.get(key)
-        if cached is not None:
-            return cached
+    @functools.lru_cache(maxsize=result_cache_size)
+    def search_answer(query: str, k: int) -> dict:
         results = []
         try:
             with model_lock:
@@ -277,27 +290,36 @@ def create_app(
             except DeviseError as exc:  # e.g. the index file was rebuilt under the server
                 fail(409, str(exc))
             results = [result_dict(h.rank, index.row_of(h.id), h.id, h.score) for h in hits]
-        answer = {"query": query, "k": k, "unknown_words": unknown, "results": results}
-        answers.put(key, answer)
-        return answer
+        return {"query": query, "k": k, "unknown_words": unknown, "results": results}
+
+    @app.get("/api/search")
+    def search(q: Annotated[str, fastapi.Query(max_length=max_query_chars)], k: K = default_k):
+        query = " ".join(q.split())
+        if not query:
+            fail(400, "empty query")
+        return search_answer(query, k)
 
     @app.get("/api/image/{row}")
-    def image(row: str):
-        path = image_path(parse_row(row))
-        media_type = mimetypes.guess_type(path)[0] or "application/octet-stream"
-        return FileResponse(path, media_type=media_type, headers={"Cache-Control": "private, max-age=3600"})
+    def image(row: Row):
+        file = open_row(row)
+        size = os.fstat(file.fileno()).st_size
+        media_type = mimetypes.guess_type(index.ids[row])[0] or "application/octet-stream"
+        return StreamingResponse(
+            _chunks(file),
+            media_type=media_type,
+            headers={"Content-Length": str(size), "Cache-Control": "private, max-age=3600"},
+        )
 
     @app.get("/api/thumbnail/{row}")
-    def thumbnail(row: str):
-        index_row = parse_row(row)
-        data = thumbnails.get(index_row)
-        if data is None:
-            path = image_path(index_row)
+    def thumbnail(row: Row):
+        key = (index.ids[row], int(index.sizes[row]), int(index.mtime_ns[row]))
+        with open_row(row) as file:  # checked on every request, cached thumbnail or not
             try:
-                data = make_thumbnail(path, thumbnail_size)
-            except Exception:  # noqa: BLE001 - any decoder failure: a bad file, not a server bug
-                fail(422, f"image {index_row} cannot be decoded")
-            thumbnails.put(index_row, data)
+                data = thumbnails.get(key, file)
+            except ThumbnailBusyError as exc:
+                fail(503, f"server busy: {exc}; retry shortly", headers={"Retry-After": _RETRY_AFTER_S})
+            except (ImageTooLargeError, ImageDecodeError) as exc:
+                refuse_image(row, exc, "thumbnail")
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
     def caption_candidates() -> list[str]:
@@ -314,258 +336,41 @@ def create_app(
                 candidates.append(loaded)
             return candidates[0]
 
-    @app.get("/api/captions/{row}")
-    def image_captions(row: str, request: fastapi.Request):
-        index_row = parse_row(row)
-        k = parse_k(request.query_params.get("k"), min(5, max_k), max_k)
-        key = ("captions", index_row, k)
-        cached = answers.get(key)
-        if cached is not None:
-            return cached
+    @functools.lru_cache(maxsize=result_cache_size)
+    def captions_answer(row: int, k: int) -> dict:
         pool = caption_candidates()
         if not pool:
             fail(404, "no candidate captions")
-        path = image_path(index_row)
+        # The engine decodes by path: checked just before (open_row), and a
+        # file swapped in between is only captioned, never sent.
+        path = os.path.join(index.image_root, *index.ids[row].split("/"))
         try:
             with model_lock:
                 hits = engine.annotate(path, pool, k=min(k, len(pool)))
         except DeviseError as exc:
-            fail(422, f"image {index_row}: {exc}")
-        answer = {
-            "row": index_row,
-            "id": index.ids[index_row],
+            fail(422, f"image {row}: {exc}")
+        return {
+            "row": row,
+            "id": index.ids[row],
             "k": k,
             "captions": [{"rank": h.rank, "caption": h.caption, "score": round(h.score, 6)} for h in hits],
         }
-        answers.put(key, answer)
-        return answer
+
+    @app.get("/api/captions/{row}")
+    def image_captions(row: Row, k: K = default_caption_k):
+        with open_row(row) as file:
+            try:
+                width, height = image_dimensions(file)
+                if width * height > max_image_pixels:
+                    raise ImageTooLargeError.for_size(width, height, max_image_pixels)
+            except (ImageTooLargeError, ImageDecodeError) as exc:
+                refuse_image(row, exc, "captions")
+        return captions_answer(row, k)
 
     return app
 
 
-class BackgroundServer:
-    """Run an ASGI app with uvicorn in a background thread (tests, notebooks).
-
-    ``port=0`` picks a free port; :attr:`url` says which.
-    """
-
-    def __init__(self, app: Callable, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
-        uvicorn = require("uvicorn", "serve", PURPOSE)
-        self.host = host
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._socket = socket.socket(family, socket.SOCK_STREAM)
-        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._socket.bind((host, port))
-        self.port = self._socket.getsockname()[1]
-        config = uvicorn.Config(app, log_level=log_level, lifespan="off", timeout_graceful_shutdown=5)
-        self.server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [self._socket]}, name="devise-web", daemon=True
-        )
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
-
-    def start(self, timeout: float = 30.0) -> "BackgroundServer":
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self.server.started:
-            if not self._thread.is_alive():
-                raise RuntimeError("the web server stopped during start-up")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the web server did not start within {timeout} s")
-            time.sleep(0.02)
-        return self
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self.server.should_exit = True
-        self._thread.join(timeout)
-        self._socket.close()
-
-    def __enter__(self) -> "BackgroundServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-
-_PAGE = """<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>devise image search</title>
-<style>
-  :root { --fg: #1d232b; --muted: #5c6773; --line: #d9dee4; --accent: #2f6fdb; --bg: #f6f7f9; }
-  * { box-sizing: border-box; }
-  body { margin: 0; font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
-         color: var(--fg); background: var(--bg); }
-  header { display: flex; flex-wrap: wrap; align-items: center; gap: 12px 24px; padding: 14px 24px;
-           background: #fff; border-bottom: 1px solid var(--line); position: sticky; top: 0; z-index: 1; }
-  header h1 { font-size: 20px; margin: 0; letter-spacing: .02em; }
-  header h1 span { color: var(--muted); font-weight: 400; font-size: 14px; margin-left: 8px; }
-  form { display: flex; gap: 8px; flex: 1; min-width: 280px; max-width: 760px; }
-  input { font: inherit; padding: 8px 10px; border: 1px solid var(--line); border-radius: 6px; }
-  #q { flex: 1; }
-  #k { width: 72px; }
-  button { font: inherit; padding: 8px 16px; border: 0; border-radius: 6px; background: var(--accent);
-           color: #fff; cursor: pointer; }
-  button:hover { filter: brightness(1.08); }
-  #status { margin: 12px 24px 0; color: var(--muted); min-height: 1.45em; }
-  #status.error { color: #b3261e; }
-  main { display: grid; grid-template-columns: 1fr; gap: 20px; padding: 12px 24px 32px; }
-  main.with-detail { grid-template-columns: minmax(0, 1fr) minmax(300px, 380px); }
-  #results { display: grid; grid-template-columns: repeat(auto-fill, minmax(150px, 1fr)); gap: 14px;
-             align-content: start; }
-  .result { margin: 0; background: #fff; border: 1px solid var(--line); border-radius: 8px; overflow: hidden;
-            cursor: pointer; transition: box-shadow .15s, transform .15s; }
-  .result:hover, .result:focus { box-shadow: 0 4px 14px rgba(0,0,0,.12); transform: translateY(-1px);
-                                 outline: none; }
-  .result.selected { border-color: var(--accent); box-shadow: 0 0 0 2px var(--accent); }
-  .result img { display: block; width: 100%; aspect-ratio: 1; object-fit: cover; background: #e9ecef; }
-  .result figcaption { padding: 6px 9px; font-size: 13px; display: flex; justify-content: space-between;
-                       gap: 8px; }
-  .result .id { color: var(--muted); overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
-  .score { font-variant-numeric: tabular-nums; font-weight: 600; }
-  #detail { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 14px;
-            align-self: start; position: sticky; top: 84px; }
-  #detail[hidden] { display: none; }
-  #detail img { display: block; width: 100%; border-radius: 6px; background: #e9ecef; }
-  #detail h2 { font-size: 15px; margin: 14px 0 6px; }
-  #detail-id { margin: 8px 0 0; color: var(--muted); font-size: 13px; word-break: break-all; }
-  #captions { margin: 0; padding-left: 22px; }
-  #captions li { margin: 4px 0; }
-  #captions .score { color: var(--muted); font-weight: 400; margin-left: 6px; font-size: 13px; }
-  #close { float: right; background: none; color: var(--muted); padding: 0 4px; font-size: 20px; line-height: 1; }
-  @media (max-width: 760px) { main.with-detail { grid-template-columns: 1fr; } #detail { position: static; } }
-</style>
-</head>
-<body>
-<header>
-  <h1>devise<span>image search &middot; __IMAGES__ images</span></h1>
-  <form id="search-form" role="search" autocomplete="off">
-    <input id="q" name="q" type="search" placeholder="Describe a picture, e.g. two red circles"
-           maxlength="__MAX_QUERY__" aria-label="Query" autofocus>
-    <input id="k" name="k" type="number" min="1" max="__MAX_K__" value="__DEFAULT_K__" aria-label="Results">
-    <button id="go" type="submit">Search</button>
-  </form>
-</header>
-<p id="status" role="status" aria-live="polite"></p>
-<main id="main">
-  <section id="results" aria-label="Results"></section>
-  <aside id="detail" hidden aria-label="Selected image">
-    <button id="close" type="button" aria-label="Close">&times;</button>
-    <img id="detail-img" alt="">
-    <p id="detail-id"></p>
-    <h2>Best captions</h2>
-    <ol id="captions"></ol>
-  </aside>
-</main>
-<script>
-(() => {
-  "use strict";
-  const $ = (id) => document.getElementById(id);
-  const form = $("search-form"), q = $("q"), kInput = $("k"), status = $("status");
-  const results = $("results"), detail = $("detail"), main = $("main"), captions = $("captions");
-  let searchSeq = 0, detailSeq = 0;
-
-  function say(text, isError) {
-    status.textContent = text;
-    status.className = isError ? "error" : "";
-  }
-
-  async function getJSON(url) {
-    const response = await fetch(url, { headers: { Accept: "application/json" } });
-    let body = {};
-    try { body = await response.json(); } catch (e) { /* not JSON */ }
-    if (!response.ok) throw new Error(body.error || ("HTTP " + response.status));
-    return body;
-  }
-
-  function el(tag, className, text) {
-    const node = document.createElement(tag);
-    if (className) node.className = className;
-    if (text !== undefined) node.textContent = text;
-    return node;
-  }
-
-  function card(hit) {
-    const figure = el("figure", "result");
-    figure.tabIndex = 0;
-    figure.dataset.row = hit.row;
-    figure.title = hit.id;
-    const img = el("img");
-    img.src = hit.thumbnail_url;
-    img.alt = hit.id;
-    const caption = el("figcaption");
-    caption.append(el("span", "id", "#" + hit.rank + " " + hit.id), el("span", "score", hit.score.toFixed(3)));
-    figure.append(img, caption);
-    figure.addEventListener("click", () => show(hit, figure));
-    figure.addEventListener("keydown", (event) => { if (event.key === "Enter") show(hit, figure); });
-    return figure;
-  }
-
-  async function search(text, k) {
-    const seq = ++searchSeq;
-    say("Searching\\u2026");
-    try {
-      const data = await getJSON("/api/search?q=" + encodeURIComponent(text) + "&k=" + encodeURIComponent(k));
-      if (seq !== searchSeq) return;
-      results.replaceChildren(...data.results.map(card));
-      const unknown = (data.unknown_words || []).length
-        ? " (no word vector for: " + data.unknown_words.join(", ") + "; ignored)" : "";
-      say(data.results.length + " images for \\u201c" + data.query + "\\u201d" + unknown);
-      history.replaceState(null, "", "?q=" + encodeURIComponent(text) + "&k=" + encodeURIComponent(k));
-    } catch (error) {
-      if (seq === searchSeq) { results.replaceChildren(); say(error.message, true); }
-    }
-  }
-
-  async function show(hit, figure) {
-    const seq = ++detailSeq;
-    document.querySelectorAll(".result.selected").forEach((node) => node.classList.remove("selected"));
-    figure.classList.add("selected");
-    detail.hidden = false;
-    main.classList.add("with-detail");
-    $("detail-img").src = hit.image_url;
-    $("detail-img").alt = hit.id;
-    $("detail-id").textContent = hit.id + " \\u00b7 score " + hit.score.toFixed(3);
-    captions.replaceChildren(el("li", "", "\\u2026"));
-    try {
-      const data = await getJSON(hit.captions_url + "?k=5");
-      if (seq !== detailSeq) return;
-      captions.replaceChildren(...data.captions.map((c) => {
-        const item = el("li", "caption", c.caption);
-        item.append(el("span", "score", c.score.toFixed(3)));
-        return item;
-      }));
-    } catch (error) {
-      if (seq === detailSeq) captions.replaceChildren(el("li", "error", error.message));
-    }
-  }
-
-  function close() {
-    detail.hidden = true;
-    main.classList.remove("with-detail");
-    document.querySelectorAll(".result.selected").forEach((node) => node.classList.remove("selected"));
-  }
-
-  form.addEventListener("submit", (event) => {
-    event.preventDefault();
-    const text = q.value.trim();
-    if (!text) { say("Type what you are looking for.", true); return; }
-    search(text, kInput.value || "__DEFAULT_K__");
-  });
-  $("close").addEventListener("click", close);
-  document.addEventListener("keydown", (event) => { if (event.key === "Escape") close(); });
-
-  const params = new URLSearchParams(location.search);
-  if (params.get("k")) kInput.value = params.get("k");
-  if (params.get("q")) { q.value = params.get("q"); search(q.value.trim(), kInput.value); }
-})();
-</script>
-</body>
-</html>
-"""
+def _chunks(file: BinaryIO) -> Iterator[bytes]:
+    with file:
+        while chunk := file.read(_CHUNK_BYTES):
+            yield chunk

@@ -1,0 +1,107 @@
+// The search page's script (devise-serve): queries /api/search and /api/captions, shows the results.
+(() => {
+  "use strict";
+  const $ = (id) => document.getElementById(id);
+  const form = $("search-form"), q = $("q"), kInput = $("k"), status = $("status");
+  const results = $("results"), detail = $("detail"), main = $("main"), captions = $("captions");
+  let searchSeq = 0, detailSeq = 0;
+
+  function say(text, isError) {
+    status.textContent = text;
+    status.className = isError ? "error" : "";
+  }
+
+  async function getJSON(url) {
+    const response = await fetch(url, { headers: { Accept: "application/json" } });
+    let body = {};
+    try { body = await response.json(); } catch (e) { /* not JSON */ }
+    if (!response.ok) throw new Error(body.error || ("HTTP " + response.status));
+    return body;
+  }
+
+  function el(tag, className, text) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  function card(hit) {
+    const figure = el("figure", "result");
+    figure.tabIndex = 0;
+    figure.dataset.row = hit.row;
+    figure.title = hit.id;
+    const img = el("img");
+    // A busy server answers 503: try again a little later, a few times.
+    let tries = 0;
+    img.addEventListener("error", () => {
+      if (tries++ < 3) setTimeout(() => { img.src = hit.thumbnail_url + "?retry=" + tries; }, 1000 * tries);
+    });
+    img.src = hit.thumbnail_url;
+    img.alt = hit.id;
+    const caption = el("figcaption");
+    caption.append(el("span", "id", "#" + hit.rank + " " + hit.id), el("span", "score", hit.score.toFixed(3)));
+    figure.append(img, caption);
+    figure.addEventListener("click", () => show(hit, figure));
+    figure.addEventListener("keydown", (event) => { if (event.key === "Enter") show(hit, figure); });
+    return figure;
+  }
+
+  async function search(text, k) {
+    const seq = ++searchSeq;
+    say("Searching\u2026");
+    try {
+      const data = await getJSON("/api/search?q=" + encodeURIComponent(text) + "&k=" + encodeURIComponent(k));
+      if (seq !== searchSeq) return;
+      results.replaceChildren(...data.results.map(card));
+      const unknown = (data.unknown_words || []).length
+        ? " (no word vector for: " + data.unknown_words.join(", ") + "; ignored)" : "";
+      say(data.results.length + " images for \u201c" + data.query + "\u201d" + unknown);
+      history.replaceState(null, "", "?q=" + encodeURIComponent(text) + "&k=" + encodeURIComponent(k));
+    } catch (error) {
+      if (seq === searchSeq) { results.replaceChildren(); say(error.message, true); }
+    }
+  }
+
+  async function show(hit, figure) {
+    const seq = ++detailSeq;
+    document.querySelectorAll(".result.selected").forEach((node) => node.classList.remove("selected"));
+    figure.classList.add("selected");
+    detail.hidden = false;
+    main.classList.add("with-detail");
+    $("detail-img").src = hit.image_url;
+    $("detail-img").alt = hit.id;
+    $("detail-id").textContent = hit.id + " \u00b7 score " + hit.score.toFixed(3);
+    captions.replaceChildren(el("li", "", "\u2026"));
+    try {
+      const data = await getJSON(hit.captions_url + "?k=5");
+      if (seq !== detailSeq) return;
+      captions.replaceChildren(...data.captions.map((c) => {
+        const item = el("li", "caption", c.caption);
+        item.append(el("span", "score", c.score.toFixed(3)));
+        return item;
+      }));
+    } catch (error) {
+      if (seq === detailSeq) captions.replaceChildren(el("li", "error", error.message));
+    }
+  }
+
+  function close() {
+    detail.hidden = true;
+    main.classList.remove("with-detail");
+    document.querySelectorAll(".result.selected").forEach((node) => node.classList.remove("selected"));
+  }
+
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = q.value.trim();
+    if (!text) { say("Type what you are looking for.", true); return; }
+    search(text, kInput.value || kInput.defaultValue);
+  });
+  $("close").addEventListener("click", close);
+  document.addEventListener("keydown", (event) => { if (event.key === "Escape") close(); });
+
+  const params = new URLSearchParams(location.search);
+  if (params.get("k")) kInput.value = params.get("k");
+  if (params.get("q")) { q.value = params.get("q"); search(q.value.trim(), kInput.value); }
+})();
