@@ -29,7 +29,7 @@ import time
 import h5py
 import numpy as np
 
-from devise.search.index import FORMAT, FORMAT_VERSION, ImageIndex, exact_search
+from devise.search.index import ImageFile, ImageIndex, create_index_file, exact_search, new_index_file
 
 
 def unit_vectors(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
@@ -93,32 +93,12 @@ def copy_rate(nbytes: int, repeats: int = 5) -> float:
 
 
 def write_index(path: str, matrix: np.ndarray) -> None:
-    """An index file of ``matrix`` in the documented layout (ids are made up)."""
+    """An index file of ``matrix`` written by devise's own writer (ids and file stats are made up)."""
     n, dim = matrix.shape
-    text = h5py.string_dtype("utf-8")
-    with h5py.File(path, "w") as f:
-        f.attrs.update(
-            format=FORMAT,
-            format_version=FORMAT_VERSION,
-            model_fingerprint="benchmark",
-            run_dir="",
-            image_root="/benchmark",
-            dim=dim,
-        )
-        ids = np.array([f"{i:08d}.jpg" for i in range(n)], dtype=object)
-        f.create_dataset("ids", data=ids, dtype=text)
-        f.create_dataset(
-            "paths",
-            data=np.array(["/benchmark/" + i for i in ids], dtype=object),
-            dtype=text,
-        )
-        f.create_dataset("mtime_ns", data=np.zeros(n, np.int64))
-        f.create_dataset("size", data=np.zeros(n, np.int64))
-        out = f.create_dataset(
-            "embeddings",
-            shape=(n, dim),
-            dtype=np.float32,
-            chunks=(min(n, 8192) or 1, dim),
+    files = [ImageFile(f"{i:08d}.jpg", f"/benchmark/{i:08d}.jpg", 0, 0) for i in range(n)]
+    with new_index_file(path) as f:
+        out = create_index_file(
+            f, files, model_fingerprint="benchmark", run_dir="", image_root="/benchmark", dim=dim
         )
         for start in range(0, n, 65536):
             out[start : start + 65536] = matrix[start : start + 65536]

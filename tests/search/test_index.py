@@ -17,7 +17,9 @@ from devise.search.index import (
     IndexMismatchError,
     IndexWriteError,
     UpdateReport,
+    create_index_file,
     exact_search,
+    new_index_file,
     scan_images,
     update_index,
 )
@@ -48,35 +50,19 @@ def reference_search(
 def write_index_file(
     path: pathlib.Path, embeddings: np.ndarray, fingerprint: str = FINGERPRINT
 ) -> None:
-    """An index file written straight from the documented layout (no images needed)."""
+    """An index file of unit rows, written by the format's own writer (no images needed)."""
     n, dim = embeddings.shape
-    text = h5py.string_dtype("utf-8")
-    with h5py.File(path, "w") as f:
-        f.attrs.update(
-            format="devise-image-index",
-            format_version=1,
-            model_fingerprint=fingerprint,
-            run_dir="/runs/r",
-            image_root="/photos",
-            dim=dim,
+    files = [ImageFile(f"{i:05d}.jpg", f"/photos/{i:05d}.jpg", 0, 0) for i in range(n)]
+    with new_index_file(path) as f:
+        out = create_index_file(
+            f, files, model_fingerprint=fingerprint, run_dir="/runs/r", image_root="/photos", dim=dim
         )
-        f.create_dataset(
-            "ids",
-            data=np.array([f"{i:05d}.jpg" for i in range(n)], dtype=object),
-            dtype=text,
-        )
-        f.create_dataset(
-            "paths",
-            data=np.array([f"/photos/{i:05d}.jpg" for i in range(n)], dtype=object),
-            dtype=text,
-        )
-        f.create_dataset(
-            "embeddings",
-            data=embeddings.astype(np.float32),
-            chunks=(min(n, 16) or 1, dim),
-        )
-        f.create_dataset("mtime_ns", data=np.zeros(n, np.int64))
-        f.create_dataset("size", data=np.zeros(n, np.int64))
+        out[...] = embeddings.astype(np.float32)
+
+
+def unit_rows(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
+    matrix = rng.standard_normal((n, dim)).astype(np.float32)
+    return matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
 
 
 class FakeEmbed:
@@ -217,7 +203,7 @@ def test_exact_search_rejects_bad_arguments():
 
 def test_exact_search_streams_an_index_like_the_array(tmp_path):
     rng = np.random.default_rng(7)
-    matrix = rng.standard_normal((101, 12)).astype(np.float32)
+    matrix = unit_rows(rng, 101, 12)
     matrix[50] = matrix[10]  # a tie across blocks
     write_index_file(tmp_path / "index.h5", matrix)
     index = ImageIndex.open(tmp_path / "index.h5", model_fingerprint=FINGERPRINT)
@@ -271,6 +257,7 @@ def test_scan_images_finds_images_recursively_and_skips_the_rest(tmp_path):
     (root / "dir.jpg").mkdir()  # a folder named like an image
     if hasattr(os, "symlink"):
         os.symlink(root / "x", root / "link")  # symlinked folders are not followed
+        os.symlink(root / "a.jpg", root / "linked.jpg")  # nor linked files (the server would refuse them)
 
     found = scan_images(root)
     assert [f.id for f in found] == sorted(names + [f"x/y/{n}" for n in names])

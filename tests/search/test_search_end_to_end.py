@@ -4,6 +4,7 @@ import json
 import pathlib
 import shutil
 
+import h5py
 import numpy as np
 import pytest
 
@@ -104,6 +105,28 @@ def test_damaged_approximate_index_is_reported_and_rebuilt_on_request(indexed, c
     argv = ["--index", str(out), "--json", "-k", "5", "--approximate", "--nprobe", "64", "--rebuild-approximate"]
     assert search_cli.main([*argv, query]) == 0
     assert [r["id"] for r in json.loads(capsys.readouterr().out)["results"]] == exact
+
+
+@pytest.mark.slow
+def test_a_damaged_index_is_refused_by_search_and_rebuilt_by_devise_index(indexed, tmp_path, capsys):
+    run, out, config, folder = indexed
+    query = "a green square"
+    assert search_cli.main(["--index", str(out), "--json", "-k", "5", query]) == 0
+    intact = json.loads(capsys.readouterr().out)["results"]
+    damaged = tmp_path / "photos.h5"
+    data = bytearray(out.read_bytes())
+    with h5py.File(out, "r") as f:
+        start = f["embeddings"].id.get_chunk_info(0).byte_offset
+    data[start + 1000] ^= 0x01  # one bit of one embedding
+    damaged.write_bytes(data)
+    assert search_cli.main(["--index", str(damaged), "--json", "-k", "5", query]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "damaged" in err and "rebuild" in err and "Traceback" not in err
+    assert index_cli.main(["--run", str(run), "--images", str(folder), "--out", str(damaged), "--quiet"]) == 0
+    assert "rebuilding it" in capsys.readouterr().err
+    assert search_cli.main(["--index", str(damaged), "--json", "-k", "5", query]) == 0
+    rebuilt = json.loads(capsys.readouterr().out)["results"]
+    assert [r["id"] for r in rebuilt] == [r["id"] for r in intact]
 
 
 @pytest.mark.slow

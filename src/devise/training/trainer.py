@@ -43,6 +43,7 @@ from devise.training.resume import (
     restore,
 )
 from devise.training.run_directory import (
+    check_directory_writable,
     check_run_dir_reusable,
     create_run_directory,
     mark_run_complete,
@@ -231,6 +232,8 @@ class Trainer:
         """
         if self.run_dir is not None:
             check_run_dir_reusable(self.run_dir)
+        else:
+            check_directory_writable(self.config.output_dir)  # before any download or extraction
         result = self._run()
         # The model is saved: the checkpoint is no longer needed.
         shutil.rmtree(os.path.dirname(os.path.join(result.run_dir, CHECKPOINT_FILE)), ignore_errors=True)
