@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 
 from devise.download import file_sha256
-from devise.encoders.feature_extractor import FeatureExtractor, _progress_callback
+from devise.encoders.feature_extractor import FeatureExtractor, progress_callback
 from devise.errors import DeviseError
 
 # Version 1 keyed rows by image id alone, so a dataset regenerated into the
@@ -241,7 +241,7 @@ class FeatureCache:
 
         failures: list[tuple[str, str]] = []
         if todo:
-            report = _progress_callback(progress, f"{extractor.name} features")
+            report = progress_callback(progress, f"{extractor.name} features")
             done = 0
             for start in range(0, len(todo), checkpoint_every):
                 chunk = todo[start : start + checkpoint_every]

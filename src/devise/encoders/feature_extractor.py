@@ -167,7 +167,7 @@ class FeatureExtractor(abc.ABC):
                 none, or a callback ``(done, total)``.
         """
         total = len(paths)
-        report = _progress_callback(progress, f"{self.name} features")
+        report = progress_callback(progress, f"{self.name} features")
         features: list[np.ndarray] = []
         indices: list[int] = []
         failures: list[tuple[str, str]] = []
@@ -229,7 +229,14 @@ def weights_file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> s
     return value
 
 
-def _progress_callback(progress, label: str) -> Callable[[int, int], None]:
+def progress_callback(progress: Callable[[int, int], None] | bool, label: str) -> Callable[[int, int], None]:
+    """The ``(done, total)`` callback a ``progress`` argument asks for.
+
+    Args:
+        progress: a callback (returned as is), ``True`` for a progress bar
+            on stderr labelled ``label``, or ``False`` for none.
+        label: the bar's label.
+    """
     if callable(progress):
         return progress
     if not progress:
