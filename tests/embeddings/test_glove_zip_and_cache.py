@@ -315,3 +315,18 @@ def test_cache_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="'glove'.*'word2vec_text'.*'word2vec_binary'"):
         load_word_vectors_cached(tmp_path / "absent.txt", vocabulary=["a"], fmt="fasttext")
     assert not list(tmp_path.glob("*.npz"))
+
+
+def test_failed_cache_write_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = tmp_path / "glove.txt"
+    source.write_text(glove_text([("a", vec(0, 3))]), encoding="utf-8")
+    cache = tmp_path / "cache"
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(vector_cache.np, "savez", disk_full)
+    with pytest.warns(RuntimeWarning, match="could not write"):
+        result = load_word_vectors_cached(source, vocabulary=["a"], cache_dir=cache)
+    assert result.vectors.words == ["a"]
+    assert list(cache.iterdir()) == []  # neither an entry nor its temporary file

@@ -10,20 +10,18 @@ The cache key is the absolute source path, the zip member, the file's size
 and modification time (``mtime_ns``), the format, the expected ``dim`` and
 the SHA-256 of the sorted vocabulary. Rewriting or touching the source, or
 asking for another vocabulary, therefore misses the cache and reads the
-source again. Entries are written to a temporary file that replaces the
-final one in a single rename, so a crash never leaves half an entry; an
-unreadable entry is reported with a :class:`RuntimeWarning`, ignored and
-rewritten.
+source again. Entries are written through :func:`devise.atomicfile.atomic_path`
+(a temporary file that replaces the final one in a single rename), so a
+crash never leaves half an entry; an unreadable entry is reported with a
+:class:`RuntimeWarning`, ignored and rewritten.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import re
-import tempfile
 import warnings
 import zipfile
 import zlib
@@ -33,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from devise.atomicfile import atomic_path
 from devise.embeddings.glove import choose_zip_member, is_zip_source, load_glove_text, split_zip_member
 from devise.embeddings.vector_file import LoadIssue, WordVectorsLoadResult
 from devise.embeddings.word2vec import load_word2vec_binary, load_word2vec_text
@@ -152,17 +151,9 @@ def _write_entry(file: Path, key: dict[str, Any], result: WordVectorsLoadResult)
     }
     blob = np.frombuffer(json.dumps(meta, ensure_ascii=False).encode("utf-8"), dtype=np.uint8)
     file.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{file.name}.", suffix=".tmp", dir=file.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, vectors=result.vectors.vectors, meta=blob)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, file)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    # Not durable: an entry a power loss damages is warned about and rewritten.
+    with atomic_path(file) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, vectors=result.vectors.vectors, meta=blob)
 
 
 def _in_vocabulary_order(
