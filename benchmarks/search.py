@@ -97,11 +97,12 @@ def write_index(path: str, matrix: np.ndarray) -> None:
     n, dim = matrix.shape
     files = [ImageFile(f"{i:08d}.jpg", f"/benchmark/{i:08d}.jpg", 0, 0) for i in range(n)]
     with new_index_file(path) as f:
-        out = create_index_file(
+        writer = create_index_file(
             f, files, model_fingerprint="benchmark", run_dir="", image_root="/benchmark", dim=dim
         )
         for start in range(0, n, 65536):
-            out[start : start + 65536] = matrix[start : start + 65536]
+            writer.write(matrix[start : start + 65536])
+        writer.finish()
 
 
 def approximate_rows(matrix: np.ndarray, rng: np.random.Generator, args) -> list[tuple]:

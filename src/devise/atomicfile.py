@@ -11,13 +11,20 @@ from __future__ import annotations
 
 import contextlib
 import os
+import uuid
 from collections.abc import Iterator
 
 
 def temporary_path(path: str | os.PathLike) -> str:
-    """The temporary name used for ``path``: beside it, same extension (Keras and h5py look at it)."""
-    root, ext = os.path.splitext(os.fspath(path))
-    return f"{root}.tmp-{os.getpid()}{ext}"
+    """A fresh temporary name beside ``path`` with the same extension (Keras looks at it).
+
+    Unique per call, so two threads or processes writing the same file never
+    share one; the file is not created here, so the writer creates it with
+    the usual permissions (``mkstemp`` would make it private).
+    """
+    folder, name = os.path.split(os.fspath(path))
+    root, ext = os.path.splitext(name)
+    return os.path.join(folder, f"{root}.tmp-{os.getpid()}-{uuid.uuid4().hex[:12]}{ext}")
 
 
 @contextlib.contextmanager

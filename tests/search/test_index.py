@@ -54,10 +54,11 @@ def write_index_file(
     n, dim = embeddings.shape
     files = [ImageFile(f"{i:05d}.jpg", f"/photos/{i:05d}.jpg", 0, 0) for i in range(n)]
     with new_index_file(path) as f:
-        out = create_index_file(
+        writer = create_index_file(
             f, files, model_fingerprint=fingerprint, run_dir="/runs/r", image_root="/photos", dim=dim
         )
-        out[...] = embeddings.astype(np.float32)
+        writer.write(embeddings)
+        writer.finish()
 
 
 def unit_rows(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from devise.search.index_file import ImageIndex
+from devise.search.index_file import ImageIndex, check_vector
 
 _NO_ROW = np.iinfo(np.int64).max  # ranks after every real row at equal score
 
@@ -218,7 +218,7 @@ def exact_search(
     if isinstance(source, ImageIndex):
         n, dim = len(source), source.dim
         blocks: Iterator[tuple[int, np.ndarray]] = source.blocks(
-            block_rows, reuse=True
+            block_rows, reuse=True, verify=False
         )
     else:
         matrix = np.asarray(source)
@@ -241,6 +241,11 @@ def exact_search(
         raise ValueError(f"queries have dimension {q.shape[1]}, the embeddings {dim}")
 
     best = _TopK(q.shape[0], top_k)
+    queries = q.shape[0]
+    if isinstance(source, ImageIndex):
+        # The index's check vector rides along as one more query: its scores
+        # are the rows' check values, verified block by block for free.
+        q = np.ascontiguousarray(np.vstack([q, check_vector(dim)[None, :]]))
     step = _compute_rows(q.shape[0])
     scratch = np.empty((q.shape[0], min(step, block_rows, n)), np.float32)
     for start, block in blocks:
@@ -257,8 +262,10 @@ def exact_search(
                 else np.empty((q.shape[0], rows), np.float32)
             )
             np.matmul(q, part.T, out=out)
-            best.push(out, start + offset)
+            if queries < q.shape[0]:
+                source.verify_rows(slice(start + offset, start + offset + rows), out[queries])
+            best.push(out[:queries], start + offset)
     if isinstance(source, ImageIndex):
-        source.check_scores(best.scores, q)
+        source.check_scores(best.scores, q[:queries])
     return best.scores, best.rows
 

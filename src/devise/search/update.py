@@ -347,7 +347,7 @@ class _IndexWriter:
         self, f: h5py.File, rows: list[_Row], new_matrix: np.ndarray, dim: int
     ) -> None:
         n = len(rows)
-        out = create_index_file(
+        writer = create_index_file(
             f,
             [r.file for r in rows],
             model_fingerprint=self.fingerprint,
@@ -356,6 +356,7 @@ class _IndexWriter:
             dim=dim,
         )
         if n == 0 or dim == 0:
+            writer.finish()
             return
         base_row = np.array([r.base_row for r in rows], np.int64)
         new = np.array([r.new for r in rows], np.int64)
@@ -374,8 +375,9 @@ class _IndexWriter:
                     order = np.argsort(wanted[picks], kind="stable")
                     data = read_rows(source["embeddings"], wanted[picks][order])
                     block[picks[order]] = data
-                out[lo:hi] = block
+                writer.write(block)
         finally:
             if source is not None:
                 source.close()
+        writer.finish()
 
