@@ -1,3 +1,4 @@
+import contextlib
 import http.server
 import os
 import pathlib
@@ -104,3 +105,48 @@ def http_server_factory():
     for httpd in servers:
         httpd.shutdown()
         httpd.server_close()
+
+
+@pytest.fixture
+def locked_folder(tmp_path, monkeypatch):
+    """A folder this user cannot write into (mode 0500).
+
+    root writes into any folder whatever its mode, so when the tests run as
+    root (as CI does) the permission check is made to fail instead: a mock
+    of ``os.access`` for this folder only, the one place where the real
+    thing cannot be set up.
+    """
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        real_access = os.access
+
+        def access(path, mode, *args, **kwargs):
+            if os.path.abspath(os.fspath(path)) == str(locked) and mode & os.W_OK:
+                return False
+            return real_access(path, mode, *args, **kwargs)
+
+        monkeypatch.setattr(os, "access", access)
+    yield locked
+    with contextlib.suppress(OSError):
+        locked.chmod(0o700)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """In CI (``DEVISE_CI=1``) every extra and Chromium are installed: a skip there is a failure."""
+    if os.environ.get("DEVISE_CI") != "1":
+        return
+    skipped = terminalreporter.stats.get("skipped", [])
+    if skipped:
+        terminalreporter.section("skips are failures in CI (DEVISE_CI=1)", sep="=", red=True)
+        for report in skipped:
+            reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+            terminalreporter.line(f"{report.nodeid}: {reason}")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if os.environ.get("DEVISE_CI") != "1":
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None and reporter.stats.get("skipped") and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
