@@ -70,3 +70,9 @@ def _fsync_dir(folder: str) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes, *, durable: bool = False) -> None:
+    """Write ``data`` to ``path`` through :func:`atomic_path`."""
+    with atomic_path(path, durable=durable) as tmp, open(tmp, "wb") as f:
+        f.write(data)

@@ -18,6 +18,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from devise.atomicfile import atomic_path
 from devise.encoders.projector import LinearProjector
 from devise.encoders.text_encoder import TextEncoder
 from devise.errors import DataFormatError, QueryError
@@ -307,9 +308,8 @@ class DeViSEModel:
         """
         directory = os.fspath(directory)
         os.makedirs(directory, exist_ok=True)
-        tmp_model = os.path.join(directory, f".tmp-{os.getpid()}-{MODEL_FILE}")
-        self.keras_model.save(tmp_model)
-        os.replace(tmp_model, os.path.join(directory, MODEL_FILE))
+        with atomic_path(os.path.join(directory, MODEL_FILE)) as tmp:
+            self.keras_model.save(tmp)
         encoder = self.text_encoder
         meta = {
             "joint_dim": self.joint_dim,
@@ -322,10 +322,8 @@ class DeViSEModel:
             "max_caption_length": self.max_caption_length,
             "lowercase": encoder.lowercase,
         }
-        tmp_meta = os.path.join(directory, f".tmp-{os.getpid()}-{META_FILE}")
-        with open(tmp_meta, "w", encoding="utf-8") as f:
+        with atomic_path(os.path.join(directory, META_FILE)) as tmp, open(tmp, "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=2)
-        os.replace(tmp_meta, os.path.join(directory, META_FILE))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "DeViSEModel":

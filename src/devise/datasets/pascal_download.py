@@ -25,11 +25,11 @@ import json
 import os
 import pathlib
 import re
-import tempfile
 import threading
 import urllib.parse
 from collections.abc import Callable
 
+from devise.atomicfile import write_bytes
 from devise.datasets.images import load_image
 from devise.datasets.pascal import (
     IMAGE_DIR,
@@ -433,17 +433,7 @@ def _write_sentences(path: pathlib.Path, sentences: tuple[str, ...]) -> None:
 
 def _write_atomic(path: pathlib.Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    write_bytes(path, data)
 
 
 def _write_manifest(

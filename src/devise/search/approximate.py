@@ -15,6 +15,7 @@ import os
 
 import numpy as np
 
+from devise.atomicfile import atomic_path
 from devise.errors import DataFormatError, require
 from devise.search.index import ImageIndex, IndexMismatchError
 
@@ -121,7 +122,6 @@ class ApproximateIndex:
         """Write ``path`` (FAISS) and ``path.json`` (fingerprint, size, rows digest), each atomically."""
         faiss = _faiss()
         path = os.fspath(path)
-        tmp = f"{path}.tmp-{os.getpid()}"
         meta = {
             "model_fingerprint": self.model_fingerprint,
             "size": self.size,
@@ -131,15 +131,10 @@ class ApproximateIndex:
         # Metadata goes last: old metadata only matches the image index if the
         # old FAISS file was built from its current rows too, so a crash
         # between the two renames never pairs a FAISS file with other rows.
-        try:
+        with atomic_path(path) as tmp:
             faiss.write_index(self.faiss_index, tmp)
-            os.replace(tmp, path)
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(meta, f)
-            os.replace(tmp, path + ".json")
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        with atomic_path(path + ".json") as tmp, open(tmp, "w", encoding="utf-8") as f:
+            json.dump(meta, f)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, image_index: ImageIndex) -> "ApproximateIndex":

@@ -32,11 +32,11 @@ import hashlib
 import io
 import logging
 import os
-import tempfile
 import threading
 from collections.abc import Callable, Hashable
 from typing import BinaryIO, TypeVar
 
+from devise.atomicfile import write_bytes
 from devise.errors import DeviseError
 
 #: Pixels the server decodes at most for one thumbnail: the full frame of a
@@ -265,14 +265,7 @@ class ThumbnailStore:
         folder = os.path.dirname(path)
         try:
             os.makedirs(folder, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".jpg")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                os.replace(tmp, path)
-            except BaseException:
-                os.unlink(tmp)
-                raise
+            write_bytes(path, data)
         except OSError as exc:  # a full or read-only disk: serve the thumbnail anyway
             if not self._warned:
                 self._warned = True
