@@ -7,6 +7,21 @@ or is a complete, verified file -- even after a crash or Ctrl-C. A partial
 the next run); a server that ignores ``Range`` is handled by starting over.
 
 Only the standard library is used (``urllib.request``).
+
+Why not a kept HTTP library: urllib3's ``Retry`` (under ``requests``) gives
+retries with exponential backoff on connection errors and chosen statuses,
+which is about 40 of these lines (``_attempt``'s loop, ``_pause``,
+``_gave_up``). It does not give what the rest is for: resuming a partial
+body with ``Range`` across attempts *and across runs* (the ``.part`` file),
+checking that a ``206`` answer's ``Content-Range`` starts where the file
+ends, starting over when a server ignores ``Range`` or answers ``416``,
+verifying size, SHA-256 and content (``validate``) before the rename, and
+one-line errors naming the URL. ``requests`` is only a transitive
+dependency of TensorFlow, not one of devise's declared ones, so depending on
+it for the retry loop alone would add a dependency and keep all of the
+above. The ``.part`` file is deliberately not a
+:func:`devise.atomicfile.atomic_path` temporary: it must survive a crash so
+the next run can resume it.
 """
 
 from __future__ import annotations
