@@ -1,4 +1,22 @@
-"""A dependency-free progress bar for long jobs."""
+"""A dependency-free progress bar for long jobs (extraction, indexing, downloads).
+
+Why devise has its own instead of a kept library, checked against both:
+
+* Keras' ``keras.utils.Progbar`` (Keras 3.15) writes only to stdout, where
+  ``devise-search --json`` and ``devise-index`` print their results, and
+  decides to redraw in place with ``\r``, backspaces and ANSI colour codes
+  whenever the ``posix`` module is loaded: on every Linux and macOS machine,
+  so CI logs and redirected output get one endless line of escape codes.
+  Importing it also imports TensorFlow (seconds), which ``devise-download``
+  and the index readers otherwise never need. (Training keeps Keras' own bar:
+  that is ``model.fit`` talking.)
+* tqdm is not one of devise's core dependencies (tensorflow, numpy, pillow,
+  h5py, pyyaml), and an optional one would mean a second bar for machines
+  without it.
+
+This one writes to stderr, redraws in place only on a terminal, and in logs
+prints a plain line at most every ``interval`` seconds and at the end.
+"""
 
 from __future__ import annotations
 
