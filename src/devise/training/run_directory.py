@@ -1,12 +1,11 @@
 """Run directories: where each training run leaves its config, metrics and model.
 
-A run directory is complete only once its last file, :data:`COMPLETE_FILE`,
-is in place: the trainer writes it after everything else, every reader of a
-run (``devise-eval``, ``devise-index``, ``devise-search``, ``devise-classify``,
-``devise-serve``) refuses a directory without it, and a finished run
-directory is never trained into again. So a run killed half-way, which may
-hold a new ``config.yaml`` beside an older ``model.keras``, is never read as
-a finished one.
+This module is the writing side. A run directory is complete only once its
+last file, :data:`COMPLETE_FILE`, is in place: the trainer writes it after
+everything else, and a finished run directory is never trained into again.
+The reading side (the completion check every reader of a run makes, the
+saved config) is :mod:`devise.runs`, which search and evaluation share;
+:data:`COMPLETE_FILE` and :func:`check_run_complete` are re-exported here.
 """
 
 from __future__ import annotations
@@ -16,30 +15,24 @@ import json
 import os
 from typing import Any
 
+from devise.runs import COMPLETE_FILE, check_run_complete
 
-#: Written last by the trainer; its presence means every other file of the run is final.
-COMPLETE_FILE = "run_complete.json"
+__all__ = [
+    "COMPLETE_FILE",
+    "check_directory_writable",
+    "check_run_complete",
+    "check_run_dir_reusable",
+    "create_run_directory",
+    "mark_run_complete",
+    "write_json",
+    "write_text",
+]
 
 
 def mark_run_complete(run_dir: str | os.PathLike, files: list[str]) -> None:
     """Record that ``run_dir`` is finished (call after every other file is written)."""
     stamp = datetime.datetime.now().isoformat(timespec="seconds")
     write_json(os.path.join(os.fspath(run_dir), COMPLETE_FILE), {"finished": stamp, "files": sorted(files)})
-
-
-def check_run_complete(run_dir: str | os.PathLike) -> None:
-    """Refuse a run directory whose training did not finish.
-
-    Raises:
-        DeviseError: no :data:`COMPLETE_FILE` (the run was interrupted or is still running).
-    """
-    from devise.errors import DeviseError
-
-    if not os.path.isfile(os.path.join(os.fspath(run_dir), COMPLETE_FILE)):
-        raise DeviseError(
-            f"{run_dir}: this run did not finish (no {COMPLETE_FILE}); its files may be from different "
-            "runs. Train again (devise-train --run-dir on this folder) or use a finished run"
-        )
 
 
 def check_run_dir_reusable(run_dir: str | os.PathLike) -> None:
