@@ -7,6 +7,7 @@ from devise.datasets.folders import (
     read_label_file,
     split_class_images,
 )
+from devise.datasets.from_config import load_records, split_records
 from devise.datasets.images import load_image
 from devise.datasets.pascal import (
     PASCAL_CATEGORIES,
@@ -35,11 +36,13 @@ __all__ = [
     "generate_shapes",
     "image_ids",
     "load_image",
+    "load_records",
     "read_class_folders",
     "read_label_file",
     "read_pascal_sentences",
     "render_shapes_image",
     "split_by_category",
+    "split_records",
     "split_class_images",
     "normalize_text",
     "tokenize",
