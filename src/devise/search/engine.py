@@ -1,4 +1,10 @@
-"""Search an image index with text, or annotate a photo with captions."""
+"""Search an image index with text, or annotate a photo with captions.
+
+A finished training run is read through :mod:`devise.runs` (its config and
+completion marker), its backbone rebuilt by the encoders' registry and its
+dataset by :mod:`devise.datasets.from_config`: search never imports
+``devise.training``.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +15,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from devise.datasets.from_config import load_records
+from devise.datasets.report import DataReport
 from devise.encoders.feature_extractor import FeatureExtractor
+from devise.encoders.registry import feature_extractor_from_config
 from devise.errors import DeviseError, QueryError
 from devise.model import DeViSEModel
+from devise.runs import CONFIG_FILE, check_run_complete, read_run_config
 from devise.search.index import ImageIndex, IndexMismatchError, UpdateReport, exact_search, update_index
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -93,10 +103,6 @@ class SearchEngine:
 
         With ``run_dir=None`` the run recorded in the index is used.
         """
-        from devise.training.config import load_config
-        from devise.training.run_directory import check_run_complete
-        from devise.training.trainer import make_feature_extractor
-
         opened = ImageIndex.open(index) if index is not None else None
         if run_dir is None:
             if opened is None:
@@ -109,12 +115,11 @@ class SearchEngine:
                 )
             run_dir = opened.run_dir
         run_dir = os.fspath(run_dir)
-        config_path = os.path.join(run_dir, "config.yaml")
-        if not os.path.isfile(config_path):
-            raise DeviseError(f"{run_dir}: not a devise run directory (no config.yaml)")
+        if not os.path.isfile(os.path.join(run_dir, CONFIG_FILE)):
+            raise DeviseError(f"{run_dir}: not a devise run directory (no {CONFIG_FILE})")
         check_run_complete(run_dir)
         model = DeViSEModel.load(run_dir)
-        extractor = make_feature_extractor(load_config(config_path))
+        extractor = feature_extractor_from_config(read_run_config(run_dir).image_encoder)
         engine = cls(model, extractor, run_dir=os.path.abspath(run_dir))
         if opened is not None:
             engine.use_index(opened)
@@ -303,9 +308,4 @@ def run_captions(run_dir: str | os.PathLike) -> list[str]:
     engine.annotate("photo.jpg", run_captions(engine.run_dir), k=3)
     ```
     """
-    from devise.datasets.report import DataReport
-    from devise.training.config import load_config
-    from devise.training.trainer import Trainer
-
-    trainer = Trainer(load_config(os.path.join(os.fspath(run_dir), "config.yaml")), verbose=False)
-    return [record.caption for record in trainer.load_records(DataReport())]
+    return [record.caption for record in load_records(read_run_config(run_dir).data, DataReport())]

@@ -10,14 +10,16 @@ from __future__ import annotations
 import os
 import sys
 
+from devise.datasets.from_config import load_records, split_records
 from devise.datasets.records import unique_images
 from devise.datasets.report import DataReport
+from devise.encoders.registry import feature_extractor_from_config
 from devise.errors import DeviseError
 from devise.model import DeViSEModel
-from devise.training.config import load_config
+from devise.runs import check_run_complete, read_run_config
 from devise.training.evaluation import evaluate_retrieval, format_markdown_report
-from devise.training.run_directory import check_run_complete, write_json, write_text
-from devise.training.trainer import Trainer, make_feature_extractor
+from devise.training.run_directory import write_json, write_text
+from devise.training.trainer import Trainer
 from devise.training.zeroshot_run import ZEROSHOT_FILE, is_zeroshot
 
 #: Files every devise run directory holds (the config and the saved model).
@@ -65,7 +67,7 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", *, verbose: bo
     if split not in SPLITS:
         raise DeviseError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     run_dir = check_run_directory(run_dir)
-    config = load_config(os.path.join(run_dir, "config.yaml"))
+    config = read_run_config(run_dir)
     if is_zeroshot(config):
         raise DeviseError(
             f"{run_dir}: a zero-shot run has no caption split to evaluate; its hit@k results are in "
@@ -74,7 +76,7 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", *, verbose: bo
     model = DeViSEModel.load(run_dir)
 
     # Refuse a model/extractor mismatch before any (possibly long) feature extraction.
-    extractor = make_feature_extractor(config)
+    extractor = feature_extractor_from_config(config.image_encoder)
     if model.image_dim != extractor.output_dim:
         raise DeviseError(
             f"{run_dir}: the model expects {model.image_dim}-d image features but "
@@ -89,7 +91,7 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", *, verbose: bo
 
     trainer = Trainer(config, run_dir=run_dir, verbose=verbose)
     report = DataReport(strict=config.data.strict)
-    records = trainer.split(trainer.load_records(report))[split]
+    records = split_records(load_records(config.data, report), config.data.split)[split]
     if not records:
         raise DeviseError(f"{run_dir}: the {split} split of this run's data is empty")
     features = trainer.image_features(records, report)

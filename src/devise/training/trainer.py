@@ -16,21 +16,20 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from devise.datasets.loader import load_caption_dataset, splits_from_records
+from devise.config import ExperimentConfig, config_to_dict, save_config
+from devise.datasets.from_config import load_records, split_records
 from devise.datasets.records import CaptionRecord, unique_images
 from devise.datasets.report import DataReport
-from devise.datasets.shapes import generate_shapes
-from devise.datasets.splits import assert_disjoint, split_by_category
 from devise.datasets.text import tokenize
 from devise.embeddings.glove import WordVectors, load_offline_glove_50d
 from devise.embeddings.vector_cache import load_word_vectors_cached
 from devise.embeddings.word_table import WordTable, build_word_table
 from devise.encoders.feature_cache import FeatureCache, default_cache_path
 from devise.encoders.feature_extractor import FeatureExtractor
+from devise.encoders.registry import feature_extractor_from_config
 from devise.errors import DeviseError
 from devise.losses.hinge_rank import HingeRankLoss
 from devise.model import DeViSEJointModel, DeViSEModel, build_devise_model
-from devise.training.config import ExperimentConfig, config_to_dict, save_config
 from devise.training.evaluation import caption_key, evaluate_retrieval, format_metrics_table
 from devise.training.resources import check_resources
 from devise.training.resume import (
@@ -80,19 +79,13 @@ def make_strategy(name: str):
 
 
 def make_feature_extractor(config: ExperimentConfig) -> FeatureExtractor:
-    """The image backbone named by ``image_encoder``."""
-    enc = config.image_encoder
-    if enc.backbone == "vgg16":
-        from devise.encoders.vgg16 import VGG16FeatureExtractor
+    """The image backbone named by ``config.image_encoder``.
 
-        return VGG16FeatureExtractor(
-            enc.weights, allow_download=enc.allow_download, batch_size=enc.batch_size, device=enc.device, resize=enc.resize
-        )
-    from devise.encoders.efficientnet_lite import EfficientNetLite0FeatureExtractor
-
-    return EfficientNetLite0FeatureExtractor(
-        enc.weights, batch_size=enc.batch_size, device=enc.device, resize=enc.resize
-    )
+    Kept for existing callers: the registry of backbones is
+    :func:`devise.encoders.make_feature_extractor` (by name and options) and
+    :func:`devise.encoders.feature_extractor_from_config` (by config section).
+    """
+    return feature_extractor_from_config(config.image_encoder)
 
 
 class Trainer:
@@ -124,34 +117,15 @@ class Trainer:
 
     # -- data ---------------------------------------------------------------
     def load_records(self, report: DataReport) -> list[CaptionRecord]:
-        data = self.config.data
-        if data.dataset == "shapes":
-            shapes = data.shapes
-            generate_shapes(
-                data.root,
-                images_per_category=shapes.images_per_category,
-                image_size=shapes.image_size,
-                seed=shapes.seed,
-            )
-        return load_caption_dataset(
-            "pascal" if data.dataset == "shapes" else data.dataset,
-            root=data.root,
-            annotations=data.annotations,
-            images=data.images,
-            strict=data.strict,
-            report=report,
-        )
+        """The records of the configured dataset (see :func:`devise.datasets.load_records`)."""
+        return load_records(self.config.data, report)
 
     def split(self, records: list[CaptionRecord]) -> dict[str, list[CaptionRecord]]:
-        s = self.config.data.split
-        if s.by == "dataset":
-            return splits_from_records(records)
-        splits = split_by_category(records, {"train": s.train, "val": s.val, "test": s.test}, seed=s.seed)
-        assert_disjoint(splits)
-        return splits
+        """``records`` split as ``data.split`` says (see :func:`devise.datasets.split_records`)."""
+        return split_records(records, self.config.data.split)
 
     def image_features(self, records: list[CaptionRecord], report: DataReport) -> dict[str, np.ndarray]:
-        extractor = make_feature_extractor(self.config)
+        extractor = feature_extractor_from_config(self.config.image_encoder)
         cache = FeatureCache(default_cache_path(self.config.image_encoder.cache_dir, extractor), extractor.fingerprint())
         images = unique_images(records)
         start = time.monotonic()
@@ -327,7 +301,7 @@ class Trainer:
             image_dropout=config.model.image_dropout,
             standardize_features=config.model.standardize_features if standardize is None else standardize,
             projector_bias=config.model.projector_bias or regression,
-            image_fingerprint=make_feature_extractor(config).fingerprint(),
+            image_fingerprint=feature_extractor_from_config(config.image_encoder).fingerprint(),
         )
 
     def fit(self, splits, features, table: WordTable, run_dir: str):
