@@ -111,7 +111,7 @@ class Trainer:
         self._resume_state = None  # an interrupted run's checkpoint, read by run()
         self.verbose = verbose
 
-    def _log(self, message: str) -> None:
+    def log(self, message: str) -> None:
         if self.verbose:
             print(message, file=sys.stderr, flush=True)
 
@@ -135,7 +135,7 @@ class Trainer:
         for path, reason in table.failures:
             report.add(path, reason)
         computed = table.computed - len(table.failures)
-        self._log(
+        self.log(
             f"image features: {len(table.ids)} images ({computed} computed, {len(table.ids) - computed} from "
             f"cache {cache.path}, {len(table.failures)} skipped) in {time.monotonic() - start:.1f}s"
         )
@@ -154,7 +154,7 @@ class Trainer:
                 strict=self.config.data.strict,
             )
             if result.issue_count:
-                self._log(f"word vectors: {result.summary()}")
+                self.log(f"word vectors: {result.summary()}")
             return result.vectors
         return load_offline_glove_50d()
 
@@ -174,7 +174,7 @@ class Trainer:
                 },
             },
         )
-        self._log(
+        self.log(
             f"word table: {len(table.words)} words ({table.report['source_words']} from the word vectors, "
             f"{table.report['caption_words_added']} more training words with vectors, "
             f"{table.report['caption_words_without_vector']} training words without one)"
@@ -223,7 +223,7 @@ class Trainer:
         # Read (and check) an interrupted run's checkpoint before config.yaml is rewritten.
         self._resume_state = read_checkpoint(os.path.join(run_dir, CHECKPOINT_FILE), self._config_hash)
         save_config(config, os.path.join(run_dir, "config.yaml"))
-        self._log(f"run directory: {run_dir}")
+        self.log(f"run directory: {run_dir}")
         from devise.training.zeroshot_run import is_zeroshot, run_zeroshot
 
         if is_zeroshot(config):
@@ -237,13 +237,13 @@ class Trainer:
             # The error may say "see the data report": save it before stopping.
             write_json(os.path.join(run_dir, "data_report.json"), report.to_dict())
             if len(report):
-                self._log(report.summary())
+                self.log(report.summary())
             raise
         features = self.image_features([r for split in splits.values() for r in split], report)
         splits = {name: [r for r in recs if r.image_id in features] for name, recs in splits.items()}
         write_json(os.path.join(run_dir, "data_report.json"), report.to_dict())
         if len(report):
-            self._log(report.summary())
+            self.log(report.summary())
         # Without images to train on or to evaluate, fit() and evaluation would
         # fail with a bare StopIteration/ValueError; say why instead.
         for needed in dict.fromkeys(("train", config.trainer.eval_split)):
@@ -253,7 +253,7 @@ class Trainer:
                     f"{len(report)} data problem(s) reported in {os.path.join(run_dir, 'data_report.json')}); "
                     "check data.annotations / data.images / data.root and the split settings"
                 )
-        self._log(
+        self.log(
             "splits: "
             + ", ".join(f"{n} {len(unique_images(r))} images / {len(r)} captions" for n, r in splits.items())
         )
@@ -363,10 +363,10 @@ class Trainer:
         if importlib.util.find_spec("tensorboard") is not None:
             callbacks.append(keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False))
         else:
-            self._log("note: tensorboard is not installed, so no TensorBoard logs (pip install 'devise[tensorboard]')")
+            self.log("note: tensorboard is not installed, so no TensorBoard logs (pip install 'devise[tensorboard]')")
         selector = None
         if splits.get("val"):
-            selector = BestValidationRecall(model, splits["val"], features, log=self._log)
+            selector = BestValidationRecall(model, splits["val"], features, log=self.log)
             callbacks.insert(1, selector)  # before TensorBoard, which then logs val_rsum
         checkpoint_path = os.path.join(run_dir, CHECKPOINT_FILE)
         variables, constants = mutable_variables(keras_model, loss), constant_variables(keras_model)
@@ -376,7 +376,7 @@ class Trainer:
             if selector is not None and state.best_weights is not None:
                 selector.best, selector.best_epoch, selector.best_weights = state.best_rsum, state.best_epoch, state.best_weights
             first_epoch = min(state.epoch, tc.epochs)
-            self._log(f"resuming from the checkpoint written after epoch {state.epoch} ({checkpoint_path})")
+            self.log(f"resuming from the checkpoint written after epoch {state.epoch} ({checkpoint_path})")
         checkpoint = TrainingCheckpoint(
             checkpoint_path, variables, constants, self._config_hash,
             selector=selector, history=state.history if state is not None else None,
@@ -454,7 +454,7 @@ class Trainer:
                 best = (rsum, kernel, bias, penalty)
         rsum, kernel, bias, penalty = best
         keras_model.image_projector.dense.set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
-        self._log(f"ridge regression: penalty {penalty:.3g} chosen (validation R-sum {rsum:.1f})")
+        self.log(f"ridge regression: penalty {penalty:.3g} chosen (validation R-sum {rsum:.1f})")
         return model, history
 
 

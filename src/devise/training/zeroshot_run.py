@@ -77,12 +77,12 @@ def run_zeroshot(trainer: Trainer, run_dir: str) -> TrainResult:
                 f"{', '.join(map(repr, labels.missing[:20]))}; map folder names to words with data.labels "
                 "(a TSV file: folder_name<TAB>label words), or leave them out with zeroshot.allow_missing_labels=true"
             )
-        trainer._log(f"zero-shot: no word vector for {', '.join(labels.missing)}; left out (zeroshot.allow_missing_labels)")
+        trainer.log(f"zero-shot: no word vector for {', '.join(labels.missing)}; left out (zeroshot.allow_missing_labels)")
 
     features = trainer.image_features(list(split.train) + list(split.test), report)
     write_json(os.path.join(run_dir, "data_report.json"), report.to_dict())
     if len(report):
-        trainer._log(report.summary())
+        trainer.log(report.summary())
 
     def usable(part):
         return [image for image in part if image.image_id in features]
@@ -98,7 +98,7 @@ def run_zeroshot(trainer: Trainer, run_dir: str) -> TrainResult:
     test = [image for image in test if image.class_name in keep]
     labels = labels.select(keep)
     unseen = tuple(name for name in unseen if name in keep)
-    trainer._log(
+    trainer.log(
         f"zero-shot: {len(keep)} classes ({len(unseen)} unseen: {', '.join(unseen)}); "
         f"{len(train)} training images, {len(test)} test images"
     )
