@@ -182,6 +182,7 @@ def exact_search(
     k: int,
     *,
     block_rows: int = 65536,
+    mask: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k inner-product search (cosine for unit vectors).
 
@@ -195,9 +196,14 @@ def exact_search(
         k: how many results per query.
         block_rows: rows read from ``source`` per step (an upper bound; the
             products are taken over smaller, cache-sized blocks).
+        mask: optional ``bool`` array ``(N,)``: only rows where it is true
+            are candidates. The filter runs inside the top-k, so the answer
+            is the true top ``k`` of the matching rows (``min(k, matching)``
+            of them), never a top ``k`` cut short by a later filter.
 
     Returns:
-        ``(scores, rows)``, each ``(Q, min(k, N))``: ``float32`` scores sorted
+        ``(scores, rows)``, each ``(Q, min(k, N))`` (``min(k, matching)``
+        with a ``mask``): ``float32`` scores sorted
         descending (ties broken by the lower row; NaN ranks last) and the
         ``int64`` rows they belong to.
 
@@ -232,7 +238,16 @@ def exact_search(
             (start, matrix[start : start + block_rows])
             for start in range(0, n, block_rows)
         )
-    top_k = min(k, n)
+    matching = None
+    if mask is not None:
+        mask = np.asarray(mask)
+        if mask.dtype != np.bool_ or mask.shape != (n,):
+            raise ValueError(f"mask must be a bool array of shape ({n},), got {mask.dtype} {mask.shape}")
+        if not mask.all():
+            # The top-k runs over the matching rows numbered 0 .. m-1 (in row
+            # order, so ties still go to the lower row) and maps back at the end.
+            matching = np.flatnonzero(mask)
+    top_k = min(k, n if matching is None else len(matching))
     if top_k == 0 or q.shape[0] == 0:
         return np.zeros((q.shape[0], top_k), np.float32), np.zeros(
             (q.shape[0], top_k), np.int64
@@ -264,8 +279,16 @@ def exact_search(
             np.matmul(q, part.T, out=out)
             if queries < q.shape[0]:
                 source.verify_rows(slice(start + offset, start + offset + rows), out[queries])
-            best.push(out[:queries], start + offset)
+            if matching is None:
+                best.push(out[:queries], start + offset)
+                continue
+            first = start + offset
+            lo, hi = np.searchsorted(matching, [first, first + rows])
+            if hi > lo:
+                best.push(np.ascontiguousarray(out[:queries, matching[lo:hi] - first]), int(lo))
     if isinstance(source, ImageIndex):
         source.check_scores(best.scores, q[:queries])
+    if matching is not None:
+        return best.scores, matching[best.rows]
     return best.scores, best.rows
 

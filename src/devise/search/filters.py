@@ -1,0 +1,136 @@
+"""Search filters: a folder (``under``) and a date range (``since`` / ``until``) as a row mask.
+
+A filter is turned into a ``bool`` mask over the index's rows and passed into
+:func:`~devise.search.exact.exact_search`, so rows that fail it are never
+candidates and a filtered query gets the true top ``k`` of the matching rows.
+
+Dates are compared with the modification time each row was indexed at
+(``ImageIndex.mtime_ns``). A photo's EXIF date (``DateTimeOriginal``) is not
+in the index: reading it at query time for every row would cost a file read
+per photo, and reading it only for the top-k candidates would filter after
+the cut. Storing it is left for a format bump of the index file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from devise.errors import QueryError
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def parse_date(text: str | dt.date | dt.datetime, *, end: bool = False) -> int:
+    """A date or date-time as nanoseconds since the epoch (for ``mtime_ns``).
+
+    Args:
+        text: ``YYYY-MM-DD`` (a local calendar day), an ISO 8601 date-time
+            (``2024-01-31T18:30``, with or without a UTC offset; without one
+            it is local time), or a ``date`` / ``datetime``.
+        end: the bound is an end (``until``): a day then means up to the end
+            of that day, so ``until=2024-01-31`` includes all of the 31st.
+
+    Returns:
+        The instant in nanoseconds: for ``end`` with a whole day, the first
+        instant of the next day, which the caller treats as exclusive.
+
+    Raises:
+        QueryError: the text is not a date.
+    """
+    if isinstance(text, dt.datetime):
+        moment = text
+    elif isinstance(text, dt.date):
+        moment = dt.datetime.combine(text + dt.timedelta(days=1) if end else text, dt.time())
+    else:
+        value = str(text).strip()
+        try:
+            if len(value) == 10:
+                day = dt.date.fromisoformat(value)
+                moment = dt.datetime.combine(day + dt.timedelta(days=1) if end else day, dt.time())
+            else:
+                moment = dt.datetime.fromisoformat(value)
+        except ValueError:
+            raise QueryError(
+                f"not a date: {value[:40]!r} (use YYYY-MM-DD or an ISO date-time such as 2024-01-31T18:30)"
+            ) from None
+    if moment.tzinfo is None:
+        moment = moment.astimezone()  # local time, as a user reads a file's date
+    return (moment - _EPOCH) // dt.timedelta(microseconds=1) * 1000
+
+
+def _is_whole_day(text) -> bool:
+    return isinstance(text, dt.date) and not isinstance(text, dt.datetime) or (
+        isinstance(text, str) and len(text.strip()) == 10
+    )
+
+
+def normalise_folder(folder: str | os.PathLike, image_root: str) -> str:
+    """A folder filter as an id prefix: relative to the index root, ``/``-separated.
+
+    An absolute path must lie inside the indexed folder; ``..`` is refused.
+
+    Raises:
+        QueryError: the folder is outside the indexed folder or climbs out of it.
+    """
+    raw = os.fspath(folder)
+    text = raw.replace("\\", "/")
+    if os.path.isabs(raw) or text.startswith("/"):
+        root = os.path.abspath(image_root)
+        relative = os.path.relpath(os.path.abspath(raw), root)
+        text = relative.replace(os.sep, "/")
+        if text == ".." or text.startswith("../"):
+            raise QueryError(f"folder {raw[:80]!r} is not inside the indexed folder {root}")
+    parts = [part for part in text.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise QueryError(f"folder {raw[:80]!r}: '..' is not allowed; give a folder inside the index")
+    return "/".join(parts)
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchFilter:
+    """Which rows a search may return.
+
+    Args:
+        under: folders (relative to the indexed folder, or absolute inside
+            it); a row matches if it is in any of them (or below). Empty:
+            every folder.
+        since: earliest modification time, inclusive (see :func:`parse_date`).
+        until: latest modification time, inclusive (a whole day counts to its end).
+    """
+
+    under: tuple[str, ...] = ()
+    since: str | dt.date | None = None
+    until: str | dt.date | None = None
+
+    def is_empty(self) -> bool:
+        return not self.under and self.since is None and self.until is None
+
+    def mask(self, ids: Sequence[str], mtime_ns: np.ndarray, image_root: str) -> np.ndarray | None:
+        """The ``bool`` row mask, or ``None`` when nothing is filtered.
+
+        Raises:
+            QueryError: a bad folder or date, or ``since`` after ``until``.
+        """
+        if self.is_empty():
+            return None
+        keep = np.ones(len(ids), bool)
+        if self.under:
+            prefixes = sorted({normalise_folder(folder, image_root) for folder in self.under})
+            if "" not in prefixes:  # the root itself: every row
+                starts = tuple(prefix + "/" for prefix in prefixes)
+                keep &= np.fromiter((i.startswith(starts) for i in ids), bool, len(ids))
+        low = parse_date(self.since) if self.since is not None else None
+        high = parse_date(self.until, end=True) if self.until is not None else None
+        if low is not None and high is not None and low >= high + (0 if _is_whole_day(self.until) else 1):
+            raise QueryError(f"since ({self.since}) is after until ({self.until})")
+        times = np.asarray(mtime_ns, np.int64)
+        if low is not None:
+            keep &= times >= low
+        if high is not None:
+            keep &= times < high if _is_whole_day(self.until) else times <= high
+        return keep
