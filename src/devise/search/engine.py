@@ -9,6 +9,7 @@ dataset by :mod:`devise.datasets.from_config`: search never imports
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -22,7 +23,9 @@ from devise.encoders.registry import feature_extractor_from_config
 from devise.errors import DeviseError, QueryError
 from devise.model import DeViSEModel
 from devise.runs import CONFIG_FILE, check_run_complete, read_run_config
+from devise.search.filters import SearchFilter
 from devise.search.index import ImageIndex, IndexMismatchError, UpdateReport, exact_search, update_index
+from devise.search.query import combine_query
 
 if TYPE_CHECKING:  # pragma: no cover
     from devise.search.approximate import ApproximateIndex
@@ -205,16 +208,189 @@ class SearchEngine:
         """The words of ``query`` that have no word vector in the model (they are ignored)."""
         return self.model.unknown_words(query)
 
-    def search(self, query: str, k: int = 10) -> list[SearchHit]:
-        """The ``k`` indexed images closest to a text query.
+    def search(
+        self,
+        text: str | None = None,
+        k: int = 10,
+        *,
+        like: Sequence[str | os.PathLike] = (),
+        like_rows: Sequence[int] = (),
+        not_: Sequence[str] = (),
+        under: Sequence[str | os.PathLike] = (),
+        since: str | datetime.date | None = None,
+        until: str | datetime.date | None = None,
+        min_score: float | None = None,
+        text_weight: float = 1.0,
+        like_weight: float = 1.0,
+        not_weight: float = 1.0,
+    ) -> list[SearchHit]:
+        """The ``k`` indexed images closest to a query of text, photos, or both.
 
         Any word the model's word vectors know counts, whether or not it was
         in the training captions; see :meth:`unknown_words` for the others.
 
+        A combined query is one vector, the weighted sum of its terms' unit
+        embeddings, re-normalised (:func:`devise.search.query.combine_query`)::
+
+            q = normalise(text_weight * t + like_weight * sum(p) - not_weight * sum(n))
+
+        Photos are compared in the joint space, where the index's vectors
+        live: a photo that is in the index (same file, size and modification
+        time) uses its stored row and is not decoded again.
+
+        Args:
+            text: a text query, or ``None`` for photos only.
+            k: how many results (at most).
+            like: photo files to search by ("more like this").
+            like_rows: rows of this index to search by (what the web page sends).
+            not_: text terms to steer away from.
+            under: only photos in these folders (relative to the indexed
+                folder, or absolute inside it).
+            since, until: only photos modified in this range (inclusive;
+                ``YYYY-MM-DD`` is a local day, or an ISO date-time; see
+                :mod:`devise.search.filters`).
+            min_score: drop results scoring below this (fewer than ``k`` may remain).
+            text_weight, like_weight, not_weight: the terms' weights.
+
+        Returns:
+            The hits, best first: the true top ``k`` of the photos that pass
+            the filters (filters run inside the top-k scan, not after it).
+
         Raises:
-            QueryError: the query is empty or has no word with a vector.
+            QueryError: no text and no photo, text with no word that has a
+                vector, a photo that cannot be read, or a bad filter.
         """
-        return self.search_batch([query], k)[0]
+        if self.index is None:
+            raise DeviseError("no index loaded: pass one to SearchEngine.load or call use_index")
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if min_score is not None and not np.isfinite(min_score):
+            raise QueryError(f"min_score must be a number, got {min_score}")
+        plain = (
+            text is not None
+            and not like
+            and not like_rows
+            and not not_
+            and not under
+            and since is None
+            and until is None
+        )
+        if plain:
+            hits = self.search_batch([text], k)[0]
+        else:
+            vector = self.query_vector(
+                text,
+                like=like,
+                like_rows=like_rows,
+                not_=not_,
+                text_weight=text_weight,
+                like_weight=like_weight,
+                not_weight=not_weight,
+            )
+            mask = SearchFilter(tuple(map(os.fspath, under)), since, until).mask(
+                self.index.ids, self.index.mtime_ns, self.index.image_root
+            )
+            if self.approximate is not None and mask is None:
+                scores, rows = self.approximate.search(vector[None, :], k)
+            else:
+                # FAISS cannot run the filter inside its search: filtered queries scan exactly.
+                scores, rows = exact_search(self.index, vector, k, mask=mask)
+            hits = self._hits(scores[0], rows[0])
+        if min_score is not None:
+            hits = [hit for hit in hits if hit.score >= min_score]
+        return hits
+
+    def query_vector(
+        self,
+        text: str | None = None,
+        *,
+        like: Sequence[str | os.PathLike] = (),
+        like_rows: Sequence[int] = (),
+        not_: Sequence[str] = (),
+        text_weight: float = 1.0,
+        like_weight: float = 1.0,
+        not_weight: float = 1.0,
+    ) -> np.ndarray:
+        """The unit search vector of a combined query (see :meth:`search`)."""
+        texts = [text] if text is not None else []
+        for term in [*texts, *not_]:
+            self.model.check_query(term)
+        embedded = self.model.embed_texts([*texts, *not_]) if texts or not_ else np.zeros((0, 0), np.float32)
+        photos = self.embed_photos(like, like_rows)
+        return combine_query(
+            embedded[: len(texts)] if texts else None,
+            photos if len(photos) else None,
+            embedded[len(texts) :] if not_ else None,
+            text_weight=text_weight,
+            like_weight=like_weight,
+            not_weight=not_weight,
+        )
+
+    def indexed_row(self, path: str | os.PathLike) -> int | None:
+        """The index row of a photo file, if that very file is indexed and unchanged since."""
+        if self.index is None:
+            return None
+        real = os.path.realpath(os.fspath(path))
+        relative = os.path.relpath(real, os.path.realpath(self.index.image_root)).replace(os.sep, "/")
+        if relative.startswith("../") or relative == "..":
+            return None
+        row = self.index.row_of(relative)
+        if row is None or os.path.realpath(self.index.paths[row]) != real:
+            return None
+        try:
+            st = os.stat(real)
+        except OSError:
+            return None
+        if st.st_size != self.index.sizes[row] or st.st_mtime_ns != self.index.mtime_ns[row]:
+            return None
+        return row
+
+    def embed_photos(self, paths: Sequence[str | os.PathLike] = (), rows: Sequence[int] = ()) -> np.ndarray:
+        """Joint embeddings of query photos: files, then index rows.
+
+        A file that is indexed and unchanged (:meth:`indexed_row`) is read
+        from the index; only the others go through the image backbone.
+
+        Raises:
+            QueryError: a file cannot be read as an image, or a row is not in the index.
+        """
+        paths = [os.fspath(p) for p in paths]
+        indexed = [self.indexed_row(p) for p in paths]
+        n = len(self.index) if self.index is not None else 0
+        for row in rows:
+            if not 0 <= int(row) < n:
+                raise QueryError(f"no image at row {row} of the index ({n} images)")
+        wanted = [row for row in indexed if row is not None] + [int(r) for r in rows]
+        stored = self.index.embeddings(wanted) if wanted else None
+        out: list[np.ndarray] = []
+        new = [p for p, row in zip(paths, indexed) if row is None]
+        extracted = None
+        if new:
+            for p in new:
+                if not os.path.isfile(p):
+                    raise QueryError(f"{p}: no such photo file")
+            extracted, indices, failures = self.embed_image_files(new)
+            if failures:
+                raise QueryError(f"{failures[0][0]}: cannot be read as an image ({failures[0][1]})")
+        taken_stored = taken_new = 0
+        for row in indexed:
+            if row is None:
+                out.append(extracted[taken_new])
+                taken_new += 1
+            else:
+                out.append(stored[taken_stored])
+                taken_stored += 1
+        out.extend(stored[taken_stored:] if stored is not None else [])
+        if not out:
+            return np.zeros((0, 0), np.float32)
+        return np.stack(out).astype(np.float32)
+
+    def _hits(self, scores: np.ndarray, rows: np.ndarray) -> list[SearchHit]:
+        return [
+            SearchHit(rank + 1, self.index.ids[row], self.index.paths[row], float(score))
+            for rank, (score, row) in enumerate(zip(scores, rows))
+            if row >= 0
+        ]
 
     def search_batch(self, queries: Sequence[str], k: int = 10) -> list[list[SearchHit]]:
         """:meth:`search` for several queries in one pass over the index."""
@@ -229,14 +405,7 @@ class SearchEngine:
             scores, rows = self.approximate.search(vectors, k)
         else:
             scores, rows = exact_search(self.index, vectors, k)
-        return [
-            [
-                SearchHit(rank + 1, self.index.ids[row], self.index.paths[row], float(score))
-                for rank, (score, row) in enumerate(zip(query_scores, query_rows))
-                if row >= 0
-            ]
-            for query_scores, query_rows in zip(scores, rows)
-        ]
+        return [self._hits(query_scores, query_rows) for query_scores, query_rows in zip(scores, rows)]
 
     def classify(
         self, images: Sequence[str | os.PathLike], labels: Sequence[str], k: int = 5
