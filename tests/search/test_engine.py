@@ -235,3 +235,25 @@ def test_filters_and_min_score_match_a_brute_force_reference(tmp_path, seed):
             ranked = [row for row in ranked if float(stored[row] @ query) >= min_score]
             assert all(h.score >= min_score for h in hits)
         assert [h.id for h in hits] == [ids[row] for row in ranked]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--index", "x.h5", "--not", "people"],  # nothing positive to search for
+        ["--index", "x.h5", "q", "--since", "yesterday"],
+        ["--index", "x.h5", "q", "--until", "2024-02-30"],
+        ["--index", "x.h5", "q", "--min-score", "1.5"],
+        ["--index", "x.h5", "q", "--not-weight", "-1"],
+        ["--index", "x.h5", "q", "--text-weight", "nan"],
+        ["--index", "x.h5", "--like", "no-such-photo.jpg"],
+        ["--index", "x.h5", "q", "--under", "a", "--approximate"],
+        ["--run", "r", "--image", "x.jpg", "--min-score", "0.2"],
+    ],
+)
+def test_bad_combined_query_and_filter_options_are_usage_errors(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        search_cli.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "error:" in err
