@@ -97,6 +97,52 @@ def test_search_reports_words_without_a_vector(server):
 
 
 @pytest.mark.slow
+def test_more_like_this_combined_queries_and_filters_match_the_python_api(server):
+    engine = server.engine
+    for row in (0, 5, len(engine.index) - 1):
+        status, body = get_json(server, f"/api/search?like_row={row}&k=4")
+        assert status == 200 and body["query"] is None and body["like_rows"] == [row]
+        assert body["results"][0]["row"] == row  # an image is most like itself
+    folder = engine.index.ids[3].split("/")[0]
+    params = [("q", "a red circle"), ("like_row", "3"), ("not", "a blue square"), ("not_weight", "0.5"),
+              ("under", folder), ("min_score", "0.1"), ("k", "10")]
+    status, body = get_json(server, "/api/search?" + urllib.parse.urlencode(params))
+    assert status == 200, body
+    expected = engine.search("a red circle", k=10, like_rows=[3], not_=["a blue square"], not_weight=0.5,
+                             under=[folder], min_score=0.1)
+    assert body["results"] and [r["id"] for r in body["results"]] == [h.id for h in expected]
+    assert all(r["score"] >= 0.1 and r["id"].startswith(folder + "/") for r in body["results"])
+    status, body = get_json(server, "/api/search?q=red&since=2000-01-01&until=2000-01-02")
+    assert status == 200 and body["results"] == []  # every image is newer: nothing matches, nothing padded
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/search?like_row=-1",
+        "/api/search?like_row=100000",
+        "/api/search?like_row=x",
+        "/api/search?" + "&".join(["like_row=1"] * 9),  # too many terms
+        "/api/search?q=red&not=",
+        "/api/search?q=red&not=qqzzx",
+        "/api/search?not=red",
+        "/api/search?q=red&under=../etc",
+        "/api/search?q=red&since=yesterday",
+        "/api/search?q=red&until=" + "9" * 50,
+        "/api/search?q=red&min_score=2",
+        "/api/search?q=red&min_score=nan",
+        "/api/search?q=red&not_weight=-1",
+        "/api/search?q=red&not=red",  # the terms cancel out
+    ],
+)
+def test_bad_combined_queries_and_filters_get_400_json(server, path):
+    status, body = get_json(server, path)
+    assert status == 400, (path, body)
+    assert isinstance(body.get("error"), str) and body["error"]
+
+
+@pytest.mark.slow
 def test_image_thumbnail_and_captions_by_row(server):
     from PIL import Image
 

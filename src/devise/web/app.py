@@ -8,7 +8,11 @@ details for a fault of the server, whose traceback goes to its log only):
   and script (package data in ``devise/web/static``; nothing from a CDN).
 * ``GET /api/search?q=TEXT&k=N`` -- ``{query, k, unknown_words, results: [{rank, row, id, score,
   thumbnail_url, image_url, captions_url}]}``; ``unknown_words`` lists the query's words without a
-  word vector (ignored); a query with no word that has one is refused with 400.
+  word vector (ignored); a query with no word that has one is refused with 400. The same combined
+  queries and filters as ``SearchEngine.search``: ``like_row=ROW`` (repeatable: "more like this" by
+  result row; ``q`` may then be left out), ``not=TEXT`` (repeatable), ``text_weight``, ``like_weight``,
+  ``not_weight``, ``under=FOLDER`` (repeatable), ``since``/``until`` (``YYYY-MM-DD`` or ISO date-time),
+  ``min_score``; each repeatable parameter at most 8 times.
 * ``GET /api/image/{row}`` -- the indexed image file at that row of the index.
 * ``GET /api/thumbnail/{row}`` -- a JPEG thumbnail of it (see :mod:`devise.web.thumbnails`).
 * ``GET /api/captions/{row}?k=N`` -- the candidate captions that best describe that image.
@@ -74,6 +78,7 @@ _PAGE_POLICY = (
     "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 _CHUNK_BYTES = 1 << 16
+_MAX_REPEATS = 8  # like_row, not, under: a query is a few terms, not a list of thousands
 _RETRY_AFTER_S = "1"
 
 log = logging.getLogger(__name__)
@@ -127,6 +132,7 @@ def create_app(
         The app, to run with uvicorn or :class:`~devise.web.server.BackgroundServer`.
     """
     fastapi = require("fastapi", "serve", PURPOSE)
+    import pydantic
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import (
         HTMLResponse,
@@ -198,6 +204,10 @@ def create_app(
             return 404, no_such_row(given)
         if name == "k":
             return 400, f"k must be a whole number between 1 and {max_k}, got {str(given)[:40]!r}"
+        if len(error["loc"]) > 2:  # an item of a repeated parameter: name the parameter, not its position
+            name = str(error["loc"][1])
+        if name == "like_row":
+            return 400, f"like_row must be a row of the index (0 to {n_images - 1}), got {str(given)[:40]!r}"
         if name == "q" and error["type"] == "missing":
             return 400, "missing query: use /api/search?q=TEXT"
         if name == "q" and error["type"] == "string_too_long":
@@ -276,28 +286,70 @@ def create_app(
         return {"status": "ok", "images": n_images}
 
     @functools.lru_cache(maxsize=result_cache_size)
-    def search_answer(query: str, k: int) -> dict:
+    def search_answer(query: str | None, k: int, options: tuple = ()) -> dict:
+        combined = dict(options)
         results = []
-        try:
-            with model_lock:
-                unknown = engine.model.check_query(query)
-        except QueryError as exc:  # no word of the query has a vector
-            fail(400, str(exc))
+        unknown: list[str] = []
+        for text in [query, *combined.get("not_", ())]:
+            if text is None:
+                continue
+            try:
+                with model_lock:
+                    unknown += [w for w in engine.model.check_query(text) if w not in unknown]
+            except QueryError as exc:  # no word of the query has a vector
+                fail(400, f"not {text[:40]!r}: {exc}" if text != query else str(exc))
         if n_images:
             try:
                 with model_lock:
-                    hits = engine.search(query, k=min(k, n_images))
+                    hits = engine.search(query, k=min(k, n_images), **combined)
+            except QueryError as exc:  # a bad filter, or terms that cancel out
+                fail(400, str(exc))
             except DeviseError as exc:  # e.g. the index file was rebuilt under the server
                 fail(409, str(exc))
             results = [result_dict(h.rank, index.row_of(h.id), h.id, h.score) for h in hits]
-        return {"query": query, "k": k, "unknown_words": unknown, "results": results}
+        extra = {"like_rows": list(combined["like_rows"])} if "like_rows" in combined else {}
+        return {"query": query, "k": k, **extra, "unknown_words": unknown, "results": results}
+
+    Repeated = functools.partial(fastapi.Query, max_length=_MAX_REPEATS)
+    Text = Annotated[str, pydantic.StringConstraints(max_length=max_query_chars)]
+    Weight = Annotated[float, fastapi.Query(ge=0, le=100, allow_inf_nan=False)]
 
     @app.get("/api/search")
-    def search(q: Annotated[str, fastapi.Query(max_length=max_query_chars)], k: K = default_k):
-        query = " ".join(q.split())
-        if not query:
+    def search(
+        q: Annotated[str | None, fastapi.Query(max_length=max_query_chars)] = None,
+        k: K = default_k,
+        like_row: Annotated[list[Annotated[int, pydantic.Field(ge=0, lt=max(n_images, 1))]], Repeated()] = [],
+        not_: Annotated[list[Text], Repeated(alias="not")] = [],
+        under: Annotated[list[Text], Repeated()] = [],
+        since: Annotated[str | None, fastapi.Query(max_length=40)] = None,
+        until: Annotated[str | None, fastapi.Query(max_length=40)] = None,
+        min_score: Annotated[float | None, fastapi.Query(ge=-1, le=1, allow_inf_nan=False)] = None,
+        text_weight: Weight = 1.0,
+        like_weight: Weight = 1.0,
+        not_weight: Weight = 1.0,
+    ):
+        query = " ".join(q.split()) if q is not None else None
+        if query is not None and not query:
             fail(400, "empty query")
-        return search_answer(query, k)
+        if query is None and not like_row:
+            fail(400, "missing query: use /api/search?q=TEXT, or like_row=ROW for images like a result")
+        given = {
+            "like_rows": tuple(like_row),
+            "not_": tuple(" ".join(t.split()) for t in not_),
+            "under": tuple(under),
+            "since": since,
+            "until": until,
+            "min_score": min_score,
+            "text_weight": text_weight,
+            "like_weight": like_weight,
+            "not_weight": not_weight,
+        }
+        if any(not t for t in given["not_"]):
+            fail(400, "empty not term")
+        # Only what differs from a plain text query goes into the cache key and the engine call.
+        defaults = {"text_weight": 1.0, "like_weight": 1.0, "not_weight": 1.0}
+        options = tuple((key, value) for key, value in given.items() if value not in ((), None) and defaults.get(key) != value)
+        return search_answer(query, k, options)
 
     @app.get("/api/image/{row}")
     def image(row: Row):
