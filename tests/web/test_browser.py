@@ -1,4 +1,5 @@
-"""The search page in real headless Chromium: type a query, see thumbnails load, open one, see captions.
+"""The search page in real headless Chromium: type a query, see thumbnails load, open one, see captions,
+ask for more like a result.
 
 Needs Debian's ``chromium`` and ``chromium-driver`` (``apt-get install chromium chromium-driver``) and
 ``selenium``. Saves a screenshot to ``$DEVISE_SCREENSHOT_DIR/search-screenshot.png`` (default: the
@@ -128,6 +129,19 @@ def test_type_a_query_see_thumbnails_open_one_see_captions(server, driver, tmp_p
     shot = out_dir / "search-screenshot.png"
     assert driver.save_screenshot(str(shot)), "screenshot failed"
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # "More like this" on a result searches by that image: it comes back first, the others follow.
+    third = driver.find_elements(By.CSS_SELECTOR, "#results .result")[2]
+    wanted = third.get_attribute("title")
+    first_before = driver.find_elements(By.CSS_SELECTOR, "#results .result")[0].get_attribute("title")
+    third.find_element(By.CSS_SELECTOR, ".more-like").click()
+    wait.until(lambda b: "like " + wanted in b.find_element(By.ID, "status").text, message="no more-like-this search")
+    wait.until(all_thumbnails_loaded, message="more-like-this thumbnails did not load")
+    cards = driver.find_elements(By.CSS_SELECTOR, "#results .result")
+    assert cards[0].get_attribute("title") == wanted != first_before
+    scores = [float(e.text) for e in driver.find_elements(By.CSS_SELECTOR, "#results .result .score")]
+    assert scores == sorted(scores, reverse=True) and scores[0] > 0.99
+    assert "like_row=" in driver.current_url
 
     # A refused query shows the server's error message and keeps the page usable.
     driver.execute_script("document.getElementById('q').value = 'x'.repeat(600);")

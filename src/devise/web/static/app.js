@@ -41,26 +41,41 @@
     img.alt = hit.id;
     const caption = el("figcaption");
     caption.append(el("span", "id", "#" + hit.rank + " " + hit.id), el("span", "score", hit.score.toFixed(3)));
-    figure.append(img, caption);
+    // "More like this": search by this image's row (its stored embedding, nothing uploaded).
+    const more = el("button", "more-like", "More like this");
+    more.type = "button";
+    more.title = "Images like " + hit.id;
+    more.addEventListener("click", (event) => { event.stopPropagation(); searchLike(hit, kInput.value || kInput.defaultValue); });
+    figure.append(img, caption, more);
     figure.addEventListener("click", () => show(hit, figure));
     figure.addEventListener("keydown", (event) => { if (event.key === "Enter") show(hit, figure); });
     return figure;
   }
 
-  async function search(text, k) {
+  // params: the query string of /api/search (q=..., or like_row=...); describe: the status line's words.
+  async function run(params, describe) {
     const seq = ++searchSeq;
     say("Searching\u2026");
     try {
-      const data = await getJSON("/api/search?q=" + encodeURIComponent(text) + "&k=" + encodeURIComponent(k));
+      const data = await getJSON("/api/search?" + params.toString());
       if (seq !== searchSeq) return;
       results.replaceChildren(...data.results.map(card));
       const unknown = (data.unknown_words || []).length
         ? " (no word vector for: " + data.unknown_words.join(", ") + "; ignored)" : "";
-      say(data.results.length + " images for \u201c" + data.query + "\u201d" + unknown);
-      history.replaceState(null, "", "?q=" + encodeURIComponent(text) + "&k=" + encodeURIComponent(k));
+      say(data.results.length + " images " + describe + unknown);
+      history.replaceState(null, "", "?" + params.toString());
     } catch (error) {
       if (seq === searchSeq) { results.replaceChildren(); say(error.message, true); }
     }
+  }
+
+  function search(text, k) {
+    run(new URLSearchParams({ q: text, k: k }), "for \u201c" + text + "\u201d");
+  }
+
+  function searchLike(hit, k) {
+    close();
+    run(new URLSearchParams({ like_row: hit.row, k: k }), "like " + hit.id);
   }
 
   async function show(hit, figure) {
@@ -104,4 +119,5 @@
   const params = new URLSearchParams(location.search);
   if (params.get("k")) kInput.value = params.get("k");
   if (params.get("q")) { q.value = params.get("q"); search(q.value.trim(), kInput.value); }
+  else if (params.get("like_row")) searchLike({ row: params.get("like_row"), id: "image " + params.get("like_row") }, kInput.value);
 })();
