@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pathlib
 import types
 
 import numpy as np
@@ -142,7 +143,7 @@ class CountingExtractor(StubExtractor):
 
     def extract_files(self, paths, progress=False):
         self.decoded += list(paths)
-        features = np.asarray([_vector_of(open(p, "rb").read()) for p in paths], np.float32).reshape(-1, DIM)
+        features = np.asarray([_vector_of(pathlib.Path(p).read_bytes()) for p in paths], np.float32).reshape(-1, DIM)
         return types.SimpleNamespace(features=features, indices=list(range(len(paths))), failures=[])
 
 
@@ -177,7 +178,7 @@ def _unit(v):
 
 
 def test_combined_query_is_the_documented_weighted_sum(tmp_path):
-    engine, extractor, root = _photo_index(tmp_path)
+    engine, extractor, _ = _photo_index(tmp_path)
     stored = engine.index.embeddings(range(len(engine.index)))
     t, n = engine.model.embed_texts(["at sunset", "people"])
     got = engine.query_vector("at sunset", like_rows=[3, 5], not_=["people"], not_weight=0.5, text_weight=2.0)
@@ -214,7 +215,7 @@ def test_like_an_indexed_photo_reads_its_row_and_finds_it_first(tmp_path):
 
 @pytest.mark.parametrize("seed", range(4))
 def test_filters_and_min_score_match_a_brute_force_reference(tmp_path, seed):
-    engine, _, root = _photo_index(tmp_path)
+    engine, _, _ = _photo_index(tmp_path)
     rng = np.random.default_rng(seed)
     stored = engine.index.embeddings(range(len(engine.index)))
     query = _unit(rng.standard_normal(DIM)).astype(np.float32)

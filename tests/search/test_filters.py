@@ -70,7 +70,7 @@ def test_masked_search_over_an_index_file_still_verifies_rows(tmp_path):
     index = ImageIndex.open(tmp_path / "i.h5")
     matrix = vectors[[int(i[:2]) for i in index.ids]]
     mask = rng.random(30) < 0.3
-    scores, rows = exact_search(index, vectors[:2], 5, mask=mask, block_rows=7)
+    _, rows = exact_search(index, vectors[:2], 5, mask=mask, block_rows=7)
     np.testing.assert_array_equal(rows, _reference(matrix, vectors[:2], 5, mask)[1])
     index.row_check[3] += 1.0  # a damaged row is found even where the mask leaves it out
     mask[3] = False

@@ -30,7 +30,7 @@ def small_index(tiny_run, tmp_path_factory):
 
 
 def test_like_each_indexed_photo_returns_it_first_without_decoding_it(small_index, monkeypatch):
-    run, out, folder = small_index
+    run, out, _ = small_index
     engine = SearchEngine.load(run, out)
     assert len(engine.index) == 40
 
@@ -48,7 +48,7 @@ def test_like_each_indexed_photo_returns_it_first_without_decoding_it(small_inde
 
 
 def test_like_a_copy_outside_the_index_is_decoded_and_finds_the_original(small_index, tmp_path):
-    run, out, folder = small_index
+    run, out, _ = small_index
     engine = SearchEngine.load(run, out)
     original = engine.index.paths[7]
     copy = tmp_path / "copy.jpg"
@@ -58,7 +58,7 @@ def test_like_a_copy_outside_the_index_is_decoded_and_finds_the_original(small_i
 
 
 def test_cli_like_returns_the_photo_first(small_index, capsys):
-    run, out, folder = small_index
+    run, out, _ = small_index
     engine = SearchEngine.load(run, out)
     for row in (0, 13, 39):
         capsys.readouterr()

@@ -24,7 +24,13 @@ from devise.errors import DeviseError, QueryError
 from devise.model import DeViSEModel
 from devise.runs import CONFIG_FILE, check_run_complete, read_run_config
 from devise.search.filters import SearchFilter
-from devise.search.index import ImageIndex, IndexMismatchError, UpdateReport, exact_search, update_index
+from devise.search.index import (
+    ImageIndex,
+    IndexMismatchError,
+    UpdateReport,
+    exact_search,
+    update_index,
+)
 from devise.search.query import combine_query
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -369,7 +375,7 @@ class SearchEngine:
             for p in new:
                 if not os.path.isfile(p):
                     raise QueryError(f"{p}: no such photo file")
-            extracted, indices, failures = self.embed_image_files(new)
+            extracted, _, failures = self.embed_image_files(new)
             if failures:
                 raise QueryError(f"{failures[0][0]}: cannot be read as an image ({failures[0][1]})")
         taken_stored = taken_new = 0

@@ -22,7 +22,7 @@ import numpy as np
 
 from devise.errors import QueryError
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def parse_date(text: str | dt.date | dt.datetime, *, end: bool = False) -> int:

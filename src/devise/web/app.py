@@ -318,9 +318,9 @@ def create_app(
     def search(
         q: Annotated[str | None, fastapi.Query(max_length=max_query_chars)] = None,
         k: K = default_k,
-        like_row: Annotated[list[Annotated[int, pydantic.Field(ge=0, lt=max(n_images, 1))]], Repeated()] = [],
-        not_: Annotated[list[Text], Repeated(alias="not")] = [],
-        under: Annotated[list[Text], Repeated()] = [],
+        like_row: Annotated[list[Annotated[int, pydantic.Field(ge=0, lt=max(n_images, 1))]], Repeated()] = (),
+        not_: Annotated[list[Text], Repeated(alias="not")] = (),
+        under: Annotated[list[Text], Repeated()] = (),
         since: Annotated[str | None, fastapi.Query(max_length=40)] = None,
         until: Annotated[str | None, fastapi.Query(max_length=40)] = None,
         min_score: Annotated[float | None, fastapi.Query(ge=-1, le=1, allow_inf_nan=False)] = None,
