@@ -82,10 +82,25 @@ class DeViSEJointModel(keras.Model):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         if self.ranking_loss is None:
             raise ValueError("compile the model with a ranking loss first")
+        # Under a distribution strategy this runs once per replica, and the loss gathers the
+        # other replicas' embeddings itself (its negatives span the global batch). Keras scales
+        # each replica's share by 1 / replicas; layer losses must be scaled the same way.
         loss = self.ranking_loss(y, y_pred, sample_weight)
         if self.losses:
-            loss = loss + ops.sum(self.losses)
+            loss = loss + self._aggregate_additional_loss(ops.sum(self.losses))
         return loss
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras 3's TensorFlow trainer builds a model under a distribution strategy from a first
+        # batch averaged across replicas, which fails on the string tokens (no mean of strings).
+        # This model is built when constructed and its loss holds nothing to build, so the
+        # optimizer is all that is left; Keras' path is kept for compiled metrics.
+        metrics, optimizer = getattr(self, "_compile_metrics", None), getattr(self, "optimizer", None)
+        if metrics is not None and not metrics.built:
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        if optimizer is not None and not optimizer.built:
+            with self.distribute_strategy.scope():
+                optimizer.build(self.trainable_variables)
 
     def get_config(self):
         return {

@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from devise.losses.global_batch import gather_global_batch
+
 _NEGATIVES = ("all", "hardest", "sampled")
 _DIRECTIONS = ("both", "image_to_text", "text_to_image")
 
@@ -39,6 +41,14 @@ class HingeRankLoss(keras.losses.Loss):
       the violators. Keys come from a ``keras.random.SeedGenerator`` held by
       the loss, so ``seed`` makes a run repeatable; each direction draws its
       own keys.
+
+    Under a ``tf.distribute`` strategy (``fit`` runs the loss once per
+    replica, on the replica's share of the batch), the negatives still span
+    the global batch: each replica gathers every replica's embeddings and ids
+    and scores its own queries against all of them, so N replicas give the
+    one-device loss and gradients on the same global batch, for every
+    ``negatives`` (``"sampled"`` included: every replica draws the keys of
+    the whole batch from the same seed state and keeps its own rows).
 
     Inputs:
 
@@ -106,23 +116,32 @@ class HingeRankLoss(keras.losses.Loss):
                 f"got {type(y_pred).__name__}" + (f" with keys {sorted(y_pred)}" if isinstance(y_pred, dict) else "")
             )
         image, text = y_pred["image"], y_pred["text"]
-        scores = ops.matmul(image, ops.transpose(text))  # [image i, caption j]
-        positive = ops.diagonal(scores)
-        is_negative = ops.cast(self._negative_mask(y_true), scores.dtype)  # symmetric
+        ids = self._ids(y_true)
+        # Under a distribution strategy each replica holds a share of the batch: its queries meet
+        # the candidates of the whole global batch, so N replicas sum to the one-device loss.
+        batch, offset, replicas = gather_global_batch({"image": image, "text": text, "ids": ids})
+        positive = ops.sum(image * text, axis=1)
+        is_negative = ops.cast(self._negative_mask(ids, batch["ids"]), image.dtype)  # [query k, candidate j]
 
         loss = ops.zeros_like(positive)
         if self.directions in ("both", "image_to_text"):
             # Row k: image k against every caption j.
-            cost = ops.relu(self.margin - positive[:, None] + scores) * is_negative
-            loss = loss + self._reduce(cost)
+            cost = ops.relu(self.margin - positive[:, None] + ops.matmul(image, ops.transpose(batch["text"])))
+            loss = loss + self._reduce(cost * is_negative, offset)
         if self.directions in ("both", "text_to_image"):
-            # Column k: caption k against every image i (transposed to rows).
-            cost = ops.relu(self.margin - positive[:, None] + ops.transpose(scores)) * is_negative
-            loss = loss + self._reduce(cost)
+            # Row k: caption k against every image i.
+            cost = ops.relu(self.margin - positive[:, None] + ops.matmul(text, ops.transpose(batch["image"])))
+            loss = loss + self._reduce(cost * is_negative, offset)
+        if replicas > 1 and self.reduction in ("sum_over_batch_size", "mean"):
+            # Keras averages each replica's rows, then divides by the replicas: the global mean only
+            # if the shares are equal. Rows weighted by local * replicas / global size keep an
+            # uneven last batch right too (the weight is 1 for equal shares).
+            local, size = ops.shape(ids)[0], ops.shape(batch["ids"])[0]
+            loss = loss * ops.cast(local * replicas, loss.dtype) / ops.cast(size, loss.dtype)
         return loss
 
-    def _negative_mask(self, y_true):
-        """``(B, B)`` bool: pair ``j`` is a negative of pair ``k`` (differs in every id)."""
+    def _ids(self, y_true):
+        """``y_true`` as ``(B, n_ids)``."""
         rank = len(y_true.shape)
         width = y_true.shape[-1] if rank == 2 else None
         if rank not in (1, 2) or width not in (None, 1, 2):
@@ -130,22 +149,34 @@ class HingeRankLoss(keras.losses.Loss):
                 "HingeRankLoss expects y_true of shape (B,) = image ids or (B, 2) = "
                 f"[image id, caption id], got shape {tuple(y_true.shape)}"
             )
-        ids = ops.reshape(y_true, (-1, 1)) if rank == 1 else y_true
-        differs = ops.not_equal(ids[:, None, :], ids[None, :, :])  # (B, B, n_ids)
+        return ops.reshape(y_true, (-1, 1)) if rank == 1 else y_true
+
+    @staticmethod
+    def _negative_mask(query_ids, candidate_ids):
+        """``(B_query, B_candidate)`` bool: candidate ``j`` is a negative of query ``k`` (differs in every id)."""
+        differs = ops.not_equal(query_ids[:, None, :], candidate_ids[None, :, :])
         return ops.all(differs, axis=-1)
 
-    def _reduce(self, cost):
-        """One value per row of ``cost`` (``(B, B)``, 0 where not a violating negative)."""
+    def _reduce(self, cost, offset):
+        """One value per row of ``cost`` (0 where not a violating negative).
+
+        ``cost`` holds this replica's queries (rows) against the global
+        batch (columns); its first row is row ``offset`` of the global batch.
+        """
         if self.negatives == "all":
             return ops.sum(cost, axis=1)
         if self.negatives == "hardest":
             return ops.max(cost, axis=1)
         # sampled: a uniformly random violator per row. Keys are in [0, 1),
         # non-violators get -1; a row without violators picks a zero-cost
-        # entry, so it pays 0.
-        keys = keras.random.uniform(ops.shape(cost), seed=self.seed_generator, dtype=cost.dtype)
+        # entry, so it pays 0. Every replica draws the keys of the whole
+        # global batch from the same seed state and keeps its own rows, so
+        # a query meets the same keys whatever the number of replicas.
+        candidates = ops.shape(cost)[1]
+        keys = keras.random.uniform((candidates, candidates), seed=self.seed_generator, dtype=cost.dtype)
+        keys = keys[offset : offset + ops.shape(cost)[0]]
         keys = ops.where(cost > 0, keys, -ops.ones_like(keys))
-        chosen = ops.one_hot(ops.argmax(keys, axis=1), ops.shape(cost)[1], dtype=cost.dtype)
+        chosen = ops.one_hot(ops.argmax(keys, axis=1), candidates, dtype=cost.dtype)
         return ops.sum(cost * chosen, axis=1)
 
     def get_config(self):
