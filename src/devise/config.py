@@ -198,6 +198,7 @@ class TrainerConfig:
     clip_norm: float | None = _number(2.0, above=0.0)
     weight_decay: float = _number(0.0, at_least=0.0)
     strategy: Literal["off", "mirrored", "multi_worker_mirrored"] = "off"
+    mixed_precision: Literal["off", "float16", "bfloat16"] = "off"
     seed: int = _number(0, at_least=0, at_most=_LARGEST_SEED)
     eval_split: Literal["train", "val", "test"] = "test"
 
