@@ -66,7 +66,8 @@ class LinearProjector(keras.layers.Layer):
         # === Layers ===
         self.feature_dropout = keras.layers.Dropout(dropout, name="feature_dropout")
         self.dense = keras.layers.Dense(output_dim, use_bias=use_bias, name="projection")
-        self.l2 = L2Normalize(name="l2_normalize") if normalize else None
+        # float32 even under a mixed-precision policy: unit vectors in float16 lose the cosine's precision.
+        self.l2 = L2Normalize(name="l2_normalize", dtype="float32") if normalize else None
 
     def build(self, input_shape):
         if self.standardize:

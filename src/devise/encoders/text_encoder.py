@@ -134,7 +134,8 @@ class TextEncoder(keras.layers.Layer):
             raise ValueError(f"project=False keeps the {kind} output of size {width}, but output_dim is {output_dim}")
         self.encoder_width = width
         self.projection = keras.layers.Dense(output_dim, name="projection") if project else None
-        self.l2 = L2Normalize(name="l2_normalize")
+        # float32 even under a mixed-precision policy (the input is cast up before normalising).
+        self.l2 = L2Normalize(name="l2_normalize", dtype="float32")
 
     @property
     def vocabulary(self) -> list[str]:
