@@ -31,6 +31,7 @@ from devise.errors import DeviseError
 from devise.losses.hinge_rank import HingeRankLoss
 from devise.model import DeViSEJointModel, DeViSEModel, build_devise_model
 from devise.training.evaluation import caption_key, evaluate_retrieval, format_metrics_table
+from devise.training.precision import precision_policy
 from devise.training.resources import check_resources
 from devise.training.resume import (
     CHECKPOINT_FILE,
@@ -311,7 +312,7 @@ class Trainer:
         image_dim = len(next(iter(features.values())))
         # Seeded here again: extracting features (or not, from the cache) must not change the initial weights.
         keras.utils.set_random_seed(tc.seed)
-        with strategy.scope():
+        with strategy.scope(), precision_policy(tc.mixed_precision):
             keras_model = self.build_model(table, image_dim)
             if config.model.standardize_features:
                 keras_model.image_projector.set_feature_statistics(
@@ -328,7 +329,8 @@ class Trainer:
             )
             keras_model.compile(optimizer=optimizer, loss=loss)
             # Built now (not lazily in fit) so that a checkpoint can restore its moments.
-            optimizer.build(keras_model.trainable_variables)
+            # keras_model.optimizer: under float16, compile wrapped the optimizer in loss scaling.
+            keras_model.optimizer.build(keras_model.trainable_variables)
         model = DeViSEModel(keras_model)
 
         def dataset(records, shuffle, first_epoch=0):
