@@ -314,3 +314,62 @@ def test_cli_missing_index_is_one_line(tmp_path, capsys):
     assert dedup_cli.main(["--index", str(tmp_path / "nope.h5")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("devise-dedup: error:") and "not found" in err[0]
+
+
+# -- end to end: real photos, a trained model -----------------------------------
+
+# Real photographs shipped with scikit-image (the test extra), and scans,
+# textures and a stereo pair (motorcycle_left/right: two distinct photos of
+# one scene, the hardest negative here).
+_SKIMAGE_PHOTOS = (
+    "astronaut.png", "brick.png", "camera.png", "cell.png", "chelsea.png", "clock_motion.png", "coffee.png",
+    "coins.png", "color.png", "grass.png", "gravel.png", "hubble_deep_field.jpg", "ihc.png", "logo.png",
+    "moon.png", "motorcycle_left.png", "motorcycle_right.png", "page.png", "retina.jpg", "rocket.jpg", "text.png",
+)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_devise_dedup_finds_every_planted_copy_of_real_photos_and_no_false_group(tiny_run, tmp_path, capsys):
+    """Issue 11: planted re-encoded and resized copies are all found, no group among the originals."""
+    skimage = pytest.importorskip("skimage")
+    from devise.cli import index as index_cli
+
+    data = pathlib.Path(skimage.__file__).parent / "data"
+    root = tmp_path / "photos"
+    (root / "album").mkdir(parents=True)
+    (root / "exports").mkdir()
+    originals = []
+    for name in _SKIMAGE_PHOTOS:
+        image = Image.open(data / name).convert("RGB")
+        stem = name.rsplit(".", 1)[0]
+        image.save(root / "album" / f"{stem}.jpg", quality=92)
+        originals.append((f"album/{stem}.jpg", image))
+        if min(image.size) >= 500:  # four distinct photos more: the quarters of a large one
+            w, h = image.size
+            for q, (x, y) in enumerate([(0, 0), (w // 2, 0), (0, h // 2), (w // 2, h // 2)]):
+                quarter = image.crop((x, y, x + w // 2, y + h // 2))
+                quarter.save(root / "album" / f"{stem}_q{q}.jpg", quality=92)
+                originals.append((f"album/{stem}_q{q}.jpg", quarter))
+    assert len(originals) >= 30
+    planted = {}
+    for image_id, image in originals[::3]:
+        stem = image_id.split("/")[1].rsplit(".", 1)[0]
+        w, h = image.size
+        copies = {
+            f"exports/{stem}-q60.jpg": image,  # re-encoded
+            f"exports/{stem}-half.png": image.resize((w // 2, h // 2), Image.LANCZOS),
+            f"exports/{stem}-80.jpg": image.resize((int(w * 0.8), int(h * 0.8)), Image.LANCZOS),
+            f"exports/{stem}-crop.png": image.crop((w // 33, h // 33, w - w // 33, h - h // 33)),  # 3% borders
+        }
+        for copy_id, copy in copies.items():
+            copy.save(root / copy_id, quality=60 if copy_id.endswith("q60.jpg") else 85)
+        planted[image_id] = {image_id, *copies}
+
+    out = tmp_path / "photos.h5"
+    assert index_cli.main(["--run", str(tiny_run), "--images", str(root), "--out", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    assert dedup_cli.main(["--index", str(out), "--json", "--quiet"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["skipped"] == []
+    groups = [{m["id"] for m in g["members"]} for g in result["groups"]]
+    assert sorted(map(sorted, groups)) == sorted(map(sorted, planted.values()))
