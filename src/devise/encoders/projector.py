@@ -64,8 +64,9 @@ class LinearProjector(keras.layers.Layer):
         self.dropout = dropout
         self.standardize = standardize
         # === Layers ===
-        self.feature_dropout = keras.layers.Dropout(dropout, name="feature_dropout")
-        self.dense = keras.layers.Dense(output_dim, use_bias=use_bias, name="projection")
+        # Sublayers take this layer's dtype policy, so a mixed-precision model loads as it was trained.
+        self.feature_dropout = keras.layers.Dropout(dropout, name="feature_dropout", dtype=self.dtype_policy)
+        self.dense = keras.layers.Dense(output_dim, use_bias=use_bias, name="projection", dtype=self.dtype_policy)
         # float32 even under a mixed-precision policy: unit vectors in float16 lose the cosine's precision.
         self.l2 = L2Normalize(name="l2_normalize", dtype="float32") if normalize else None
 

@@ -120,20 +120,23 @@ class TextEncoder(keras.layers.Layer):
         self.lookup = keras.layers.StringLookup(
             vocabulary=self._vocabulary, mask_token=_PADDING, oov_token=UNKNOWN_TOKEN, name="word_lookup"
         )
-        self.word_dropout = keras.layers.Dropout(dropout, name="word_dropout")
+        # Sublayers take this layer's dtype policy, so a mixed-precision model loads as it was trained.
+        policy = self.dtype_policy
+        self.word_dropout = keras.layers.Dropout(dropout, name="word_dropout", dtype=policy)
         if kind == "lstm":
-            self.sequence = keras.layers.LSTM(units, name="lstm")
+            self.sequence = keras.layers.LSTM(units, name="lstm", dtype=policy)
         elif kind == "gru":
-            self.sequence = keras.layers.GRU(units, name="gru")
+            self.sequence = keras.layers.GRU(units, name="gru", dtype=policy)
         elif kind == "bilstm":
-            self.sequence = keras.layers.Bidirectional(keras.layers.LSTM(units), name="bilstm")
+            forward = keras.layers.LSTM(units, dtype=policy)
+            self.sequence = keras.layers.Bidirectional(forward, name="bilstm", dtype=policy)
         else:
             self.sequence = None
         width = {"lstm": units, "gru": units, "bilstm": 2 * units, "mean": word_dim}[kind]
         if not project and output_dim != width:
             raise ValueError(f"project=False keeps the {kind} output of size {width}, but output_dim is {output_dim}")
         self.encoder_width = width
-        self.projection = keras.layers.Dense(output_dim, name="projection") if project else None
+        self.projection = keras.layers.Dense(output_dim, name="projection", dtype=policy) if project else None
         # float32 even under a mixed-precision policy (the input is cast up before normalising).
         self.l2 = L2Normalize(name="l2_normalize", dtype="float32")
 
@@ -165,7 +168,7 @@ class TextEncoder(keras.layers.Layer):
         x = ops.cast(ops.take(self.word_vectors, ids, axis=0), "float32")
         x = self.word_dropout(x, training=training)
         if self.sequence is None:
-            weights = ops.expand_dims(ops.cast(mask, "float32"), -1)
+            weights = ops.expand_dims(ops.cast(mask, x.dtype), -1)  # x is 16-bit under a mixed policy
             x = ops.sum(x * weights, axis=1) / ops.maximum(ops.sum(weights, axis=1), 1.0)
         else:
             x = self.sequence(x, mask=mask, training=training)
