@@ -58,14 +58,36 @@ def test_mixed_policy_keeps_outputs_and_loss_in_float32(mixed_precision):
     assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
 
 
+@pytest.mark.parametrize("text_encoder", ["lstm", "bilstm", "gru", "mean"])
+def test_a_saved_mixed_precision_model_loads_as_trained(tmp_path, text_encoder):
+    from devise.model import DeViSEModel
+
+    rng = np.random.default_rng(1)
+    words = [f"w{i}" for i in range(10)]
+    with precision_policy("float16"):
+        model = DeViSEModel(
+            build_devise_model(
+                words=words, embedding_matrix=rng.normal(size=(12, 8)).astype(np.float32), image_dim=12,
+                joint_dim=6, units=5, max_caption_length=4, text_encoder=text_encoder,
+            )
+        )  # fmt: skip
+    model.save(tmp_path)
+    loaded = DeViSEModel.load(tmp_path)
+    assert loaded.text_encoder.projection.compute_dtype == "float16"
+    features = rng.normal(size=(3, 12)).astype(np.float32)
+    texts = ["w1 w2", "w3 zz"]
+    np.testing.assert_array_equal(loaded.embed_image_features(features), model.embed_image_features(features))
+    np.testing.assert_array_equal(loaded.embed_texts(texts), model.embed_texts(texts))
+    assert loaded.embed_texts(texts).dtype == np.float32
+
+
 def test_off_builds_float32_layers():
     with precision_policy("off"):
         model, _, x = _tiny_model()
     assert model.image_projector.dense.compute_dtype == "float32"
     assert model(x)["text"].dtype == "float32"
-    with pytest.raises(ValueError, match="mixed_precision"):
-        with precision_policy("half"):
-            pass
+    with pytest.raises(ValueError, match="mixed_precision"), precision_policy("half"):
+        pass
 
 
 @pytest.mark.slow
