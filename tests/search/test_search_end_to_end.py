@@ -117,7 +117,7 @@ def test_a_damaged_index_is_refused_by_search_and_rebuilt_by_devise_index(indexe
     data = bytearray(out.read_bytes())
     with h5py.File(out, "r") as f:
         start = f["embeddings"].id.get_chunk_info(0).byte_offset
-    data[start + 1000] ^= 0x01  # one bit of one embedding
+    data[start + 1003] ^= 0x40  # one exponent bit of one embedding component (float32, little-endian)
     damaged.write_bytes(data)
     assert search_cli.main(["--index", str(damaged), "--json", "-k", "5", query]) == 1
     err = capsys.readouterr().err.strip()
