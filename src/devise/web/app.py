@@ -16,6 +16,12 @@ details for a fault of the server, whose traceback goes to its log only):
 * ``GET /api/image/{row}`` -- the indexed image file at that row of the index.
 * ``GET /api/thumbnail/{row}`` -- a JPEG thumbnail of it (see :mod:`devise.web.thumbnails`).
 * ``GET /api/captions/{row}?k=N`` -- the candidate captions that best describe that image.
+* ``GET /api/duplicates?threshold=T`` -- groups of near-identical images (see
+  :mod:`devise.search.dedup`), largest first: ``{threshold, images, groups_found, skipped, groups:
+  [{size, best_score, lowest_score, members: [{rank, row, id, score, nearest, thumbnail_url, image_url,
+  captions_url}]}]}``; ``score`` is a member's pixel score with its nearest copy (row ``nearest``). At most
+  ``max_duplicate_groups`` groups of at most 100 members are returned. The first request decodes every
+  image once (seconds per thousand); every threshold after it is answered from memory.
 * ``GET /api/health`` -- ``{status, images}``.
 
 Images are addressed only by their integer row in the index; a path sent by a
@@ -78,6 +84,8 @@ _PAGE_POLICY = (
     "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 _CHUNK_BYTES = 1 << 16
+# Members of one near-duplicate group returned by /api/duplicates (its "size" counts them all).
+_MAX_GROUP_MEMBERS = 100
 _MAX_REPEATS = 8  # like_row, not, under: a query is a few terms, not a list of thousands
 _RETRY_AFTER_S = "1"
 
@@ -103,6 +111,7 @@ def create_app(
     thumbnail_queue: int = 16,
     result_cache_size: int = 256,
     allowed_hosts: Sequence[str] = LOOPBACK_HOSTS,
+    max_duplicate_groups: int = 200,
 ) -> "FastAPI":
     """The FastAPI app that serves ``engine``'s index.
 
@@ -127,6 +136,8 @@ def create_app(
             (Starlette's ``TrustedHostMiddleware``; others get 400), so a
             web page on another site cannot reach a local server by DNS
             rebinding; ``["*"]`` allows any.
+        max_duplicate_groups: the most groups ``/api/duplicates`` returns
+            (the largest; ``groups_found`` says how many there are).
 
     Returns:
         The app, to run with uvicorn or :class:`~devise.web.server.BackgroundServer`.
@@ -148,6 +159,8 @@ def create_app(
     if max_query_chars < 1 or max_k < 1 or thumbnail_size < 16 or max_image_pixels < 1:
         raise ValueError("max_query_chars, max_k and max_image_pixels must be >= 1 and thumbnail_size >= 16")
     default_k = max(1, min(default_k, max_k))
+    if max_duplicate_groups < 1:
+        raise ValueError(f"max_duplicate_groups must be >= 1, got {max_duplicate_groups}")
     default_caption_k = min(5, max_k)
 
     index = engine.index
@@ -204,6 +217,8 @@ def create_app(
             return 404, no_such_row(given)
         if name == "k":
             return 400, f"k must be a whole number between 1 and {max_k}, got {str(given)[:40]!r}"
+        if name == "threshold":
+            return 400, f"threshold must be a number in (0, 1], got {str(given)[:40]!r}"
         if len(error["loc"]) > 2:  # an item of a repeated parameter: name the parameter, not its position
             name = str(error["loc"][1])
         if name == "like_row":
@@ -418,6 +433,50 @@ def create_app(
             except (ImageTooLargeError, ImageDecodeError) as exc:
                 refuse_image(row, exc, "captions")
         return captions_answer(row, k)
+
+    # Near-duplicates: one finder, made on first use, keeps the candidate pairs' scores, so each
+    # threshold after the first costs only the grouping. Its own lock: searches go on meanwhile.
+    duplicate_finders: list = []
+    duplicates_lock = threading.Lock()
+
+    @functools.lru_cache(maxsize=16)
+    def duplicates_answer(threshold: float) -> dict:
+        from devise.search.dedup import DuplicateFinder
+
+        with duplicates_lock:
+            if not duplicate_finders:
+                duplicate_finders.append(DuplicateFinder(index))
+            finder = duplicate_finders[0]
+            try:
+                groups = finder.groups(threshold)
+            except DeviseError as exc:  # e.g. the index file was rebuilt under the server
+                fail(409, str(exc))
+        return {
+            "threshold": threshold,
+            "images": n_images,
+            "groups_found": len(groups),
+            "skipped": len(finder.skipped),
+            "groups": [
+                {
+                    "size": len(group),
+                    "best_score": group.best_score,
+                    "lowest_score": group.lowest_score,
+                    "members": [
+                        {**result_dict(rank, m.row, m.id, m.score), "nearest": m.nearest}
+                        for rank, m in enumerate(group.members[:_MAX_GROUP_MEMBERS], 1)
+                    ],
+                }
+                for group in groups[:max_duplicate_groups]
+            ],
+        }
+
+    @app.get("/api/duplicates")
+    def duplicates(threshold: Annotated[float | None, fastapi.Query(gt=0, le=1, allow_inf_nan=False)] = None):
+        from devise.search.dedup import DEFAULT_THRESHOLD
+
+        # Rounded, so that the cache holds one answer per distinct threshold a person would ask for.
+        chosen = DEFAULT_THRESHOLD if threshold is None else max(0.001, round(threshold, 3))
+        return duplicates_answer(chosen)
 
     return app
 

@@ -1,4 +1,4 @@
-// The search page's script (devise-serve): queries /api/search and /api/captions, shows the results.
+// The search page's script (devise-serve): queries /api/search, /api/captions and /api/duplicates, shows the results.
 (() => {
   "use strict";
   const $ = (id) => document.getElementById(id);
@@ -78,6 +78,31 @@
     run(new URLSearchParams({ like_row: hit.row, k: k }), "like " + hit.id);
   }
 
+  // Near-duplicates: each group of copies of one picture, its members with their score to their nearest copy.
+  async function duplicates(threshold) {
+    const seq = ++searchSeq;
+    close();
+    say("Looking for near-duplicates (the first time, every image is read)\u2026");
+    const params = threshold ? new URLSearchParams({ threshold: threshold }) : new URLSearchParams();
+    try {
+      const data = await getJSON("/api/duplicates?" + params.toString());
+      if (seq !== searchSeq) return;
+      results.replaceChildren(...data.groups.map((group, i) => {
+        const section = el("section", "dup-group");
+        section.append(el("h2", "", "Group " + (i + 1) + ": " + group.size + " images, best score " + group.best_score.toFixed(3)));
+        const members = el("div", "dup-members");
+        members.append(...group.members.map(card));
+        section.append(members);
+        return section;
+      }));
+      const shown = data.groups.length < data.groups_found ? " (the " + data.groups.length + " largest shown)" : "";
+      say(data.groups_found + " groups of near-duplicates at threshold " + data.threshold + shown);
+      history.replaceState(null, "", "?duplicates=" + encodeURIComponent(data.threshold));
+    } catch (error) {
+      if (seq === searchSeq) { results.replaceChildren(); say(error.message, true); }
+    }
+  }
+
   async function show(hit, figure) {
     const seq = ++detailSeq;
     document.querySelectorAll(".result.selected").forEach((node) => node.classList.remove("selected"));
@@ -114,10 +139,12 @@
     search(text, kInput.value || kInput.defaultValue);
   });
   $("close").addEventListener("click", close);
+  $("dups").addEventListener("click", () => duplicates());
   document.addEventListener("keydown", (event) => { if (event.key === "Escape") close(); });
 
   const params = new URLSearchParams(location.search);
   if (params.get("k")) kInput.value = params.get("k");
   if (params.get("q")) { q.value = params.get("q"); search(q.value.trim(), kInput.value); }
   else if (params.get("like_row")) searchLike({ row: params.get("like_row"), id: "image " + params.get("like_row") }, kInput.value);
+  else if (params.get("duplicates")) duplicates(params.get("duplicates"));
 })();
