@@ -116,11 +116,15 @@ def random_index(tmp_path, root) -> ImageIndex:
 # -- the self-join ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("tile_rows", [1, 7, 64, 2048])
+@pytest.mark.parametrize(
+    "tile_rows, memory_bytes",
+    [(1, 1 << 30), (7, 1 << 30), (64, 1 << 30), (2048, 1 << 30), (7, 0), (16, 64 * 32 * 4)],
+    ids=["tile1", "tile7", "tile64", "one-tile", "panels-of-one-tile", "panels-of-4-tiles"],
+)
 @pytest.mark.parametrize("k", [1, 3, 10])
-def test_nearest_pairs_equal_a_sorted_loop_reference(tile_rows, k):
-    matrix = unit_rows(150, 16)
-    first, second, scores = nearest_pairs(matrix, k, tile_rows=tile_rows)
+def test_nearest_pairs_equal_a_sorted_loop_reference(tile_rows, memory_bytes, k):
+    matrix = unit_rows(150, 32)
+    first, second, scores = nearest_pairs(matrix, k, tile_rows=tile_rows, memory_bytes=memory_bytes)
     expected = reference_pairs(matrix, k)
     assert list(zip(first.tolist(), second.tolist())) == sorted(expected)
     np.testing.assert_allclose(scores, [expected[p] for p in sorted(expected)], atol=1e-5)

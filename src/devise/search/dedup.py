@@ -5,9 +5,9 @@ cropped. :class:`DuplicateFinder` finds them in two steps:
 
 1. **Candidates**, from the index alone: each image's ``k`` nearest other
    images in the joint space (default 10), by an exact blocked self-join
-   (:func:`nearest_pairs`): the rows are scored tile by tile against every
-   row with :func:`~devise.search.exact.exact_search`, holding
-   ``O(tile x block + N k)`` numbers, never an ``N x N`` matrix.
+   (:func:`nearest_pairs`): the upper triangle of the scores, one tile at a
+   time, each tile updating the running ``k`` best of its rows and of its
+   columns; ``O(tile^2 + N k)`` numbers, never an ``N x N`` matrix.
 2. **Confirmation**, from the files: each candidate pair is scored on
    pixel fingerprints (:mod:`devise.search.image_fingerprint`), aligned
    over small border crops; pairs at or above the threshold (default
@@ -71,7 +71,6 @@ import numpy as np
 
 from devise.errors import DeviseError
 from devise.progress import ProgressBar
-from devise.search.exact import exact_search
 from devise.search.image_fingerprint import (
     BORDER_CROPS,
     FINGERPRINT_SIZE,
@@ -84,11 +83,11 @@ from devise.search.index_file import ImageIndex
 DEFAULT_THRESHOLD = 0.95
 #: Candidates per image: its nearest other images in the joint space.
 DEFAULT_NEIGHBOURS = 10
-#: Query rows per step of the self-join.
-TILE_ROWS = 2048
-#: An index whose embeddings take at most this many bytes is read into memory
-#: once (512-d float32: 262,144 rows); a larger one is streamed from disk
-#: for every tile of rows.
+#: Rows per side of one tile of the self-join: 4096 x 4096 float32 scores are
+#: 64 MiB; larger tiles mean fewer merges of each row's running best.
+TILE_ROWS = 4096
+#: Bytes of rows the self-join holds at once (512-d float32: 262,144 rows); a
+#: larger index is joined panel by panel, reading the rows after each again.
 MEMORY_BYTES = 512 << 20
 #: Pairs scored per step of the confirmation (their fingerprints as float32: ~45 MB).
 _PAIR_BATCH = 1024
@@ -151,23 +150,26 @@ def nearest_pairs(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each row's ``k`` nearest other rows by inner product, as pairs: an exact blocked self-join.
 
-    Rows are taken ``tile_rows`` at a time as queries of
-    :func:`~devise.search.exact.exact_search` over every row; no ``N x N``
-    matrix is ever held. An index whose embeddings fit in ``memory_bytes``
-    is read once (every row checked), a larger one is streamed from disk
-    for each tile.
+    Only the upper triangle of the scores is computed, one
+    ``tile_rows x tile_rows`` tile at a time; each tile updates the running
+    ``k`` best of its rows and, transposed, of its columns, so every score
+    is computed once and no ``N x N`` matrix is held: the memory is
+    ``O(tile_rows^2 + N k)`` besides the rows themselves. Up to
+    ``memory_bytes`` of rows are held at once (an index is read once, every
+    row checked, when it fits); a larger source is joined panel by panel,
+    reading the rows after each panel again.
 
     Args:
         source: an opened index, or an array ``(N, D)``.
         k: neighbours per row (fewer when there are fewer other rows).
-        tile_rows: query rows per step.
-        memory_bytes: the most embedding bytes read into memory at once.
+        tile_rows: rows per side of a tile of scores.
+        memory_bytes: the most bytes of rows held at once.
 
     Returns:
         ``(first, second, scores)``: ``int64`` rows with ``first < second``,
         each pair once, sorted by ``(first, second)``, and their ``float32``
         scores. A pair is kept when either row is among the other's ``k``
-        nearest.
+        nearest (ties broken by the lower row).
 
     Raises:
         IndexDamagedError: ``source`` is an index whose data is damaged.
@@ -175,42 +177,124 @@ def nearest_pairs(
     if k < 1 or tile_rows < 1:
         raise ValueError(f"k and tile_rows must be >= 1, got {k} and {tile_rows}")
     if isinstance(source, ImageIndex):
-        n = len(source)
-        matrix: ImageIndex | np.ndarray = source
-        if n * source.dim * 4 <= memory_bytes:
-            matrix = np.empty((n, source.dim), np.float32)
-            for start, block in source.blocks(min(max(n, 1), 65536), reuse=True):
-                matrix[start : start + len(block)] = block
+        n, dim = len(source), source.dim
+
+        def read(start: int, stop: int) -> np.ndarray:
+            return source.embeddings(np.arange(start, stop))
+
     else:
-        matrix = np.ascontiguousarray(source, np.float32)
+        matrix = np.asarray(source)
         if matrix.ndim != 2:
             raise ValueError(f"source must be an ImageIndex or an (N, D) array, got shape {matrix.shape}")
-        n = len(matrix)
+        n, dim = matrix.shape
+
+        def read(start: int, stop: int) -> np.ndarray:
+            return np.ascontiguousarray(matrix[start:stop], np.float32)
+
     k = min(k, n - 1)
     if k < 1:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-    firsts, seconds, all_scores = [], [], []
-    for start in range(0, n, tile_rows):
-        stop = min(start + tile_rows, n)
-        queries = (
-            matrix[start:stop]
-            if isinstance(matrix, np.ndarray)
-            else source.embeddings(np.arange(start, stop))
-        )
-        scores, rows = exact_search(matrix, queries, k + 1)
-        own = np.arange(start, stop)[:, None]
-        # Drop each row itself; where ties at the top kept it out, drop the last.
-        keep = rows != own
-        keep[keep.all(axis=1), -1] = False
-        rows = rows[keep].reshape(len(queries), k)
-        scores = scores[keep].reshape(len(queries), k)
-        mine = np.broadcast_to(own, rows.shape)
-        firsts.append(np.minimum(mine, rows).ravel())
-        seconds.append(np.maximum(mine, rows).ravel())
-        all_scores.append(scores.ravel())
-    first, second, scores = np.concatenate(firsts), np.concatenate(seconds), np.concatenate(all_scores)
+    panel_rows = max(tile_rows, memory_bytes // max(1, 4 * dim))
+    best = _RunningNearest(n, k)
+    below_diagonal = np.tril(np.ones((tile_rows, tile_rows), bool))
+    scratch = np.empty((tile_rows, tile_rows), np.float32)
+    for panel_start in range(0, n, panel_rows):
+        panel = read(panel_start, min(panel_start + panel_rows, n))
+        panel_stop = panel_start + len(panel)
+        for col_start in range(panel_start, n, tile_rows):
+            col_stop = min(col_start + tile_rows, n)
+            cols = (
+                panel[col_start - panel_start : col_stop - panel_start]
+                if col_stop <= panel_stop
+                else read(col_start, col_stop)
+            )
+            for row_start in range(panel_start, min(panel_stop, col_stop), tile_rows):
+                rows = panel[row_start - panel_start : row_start - panel_start + tile_rows]
+                scores = scratch[: len(rows), : len(cols)]
+                np.matmul(rows, cols.T, out=scores)
+                if row_start == col_start:  # a tile on the diagonal: its upper triangle only
+                    scores[below_diagonal[: len(rows), : len(cols)]] = -np.inf
+                best.push(scores, row_start, col_start)
+    mine = np.broadcast_to(np.arange(n)[:, None], best.rows.shape)
+    first = np.minimum(mine, best.rows).ravel()
+    second = np.maximum(mine, best.rows).ravel()
     keys, where = np.unique(first * n + second, return_index=True)
-    return keys // n, keys % n, scores[where]
+    return keys // n, keys % n, best.scores.ravel()[where]
+
+
+_NO_ROW = np.iinfo(np.int64).max  # ranks after every real row at an equal score
+
+
+class _RunningNearest:
+    """Each row's ``k`` best ``(score, row)`` so far, sorted by score then row, fed tiles in any order."""
+
+    def __init__(self, n: int, k: int):
+        self.k = k
+        self.scores = np.full((n, k), -np.inf, np.float32)
+        self.rows = np.full((n, k), _NO_ROW, np.int64)
+
+    def push(self, scores: np.ndarray, row_start: int, col_start: int) -> None:
+        """Merge ``scores[i, j]``, the score of row ``row_start + i`` with row ``col_start + j``, into both rows' best.
+
+        Row ``row_start + i`` gets row ``col_start + j`` as a candidate, and
+        the other way round: a tile of the upper triangle serves both ends
+        of each pair, without a transposed copy.
+        """
+        self._merge(scores, row_start, col_start, axis=1)
+        self._merge(scores, col_start, row_start, axis=0)
+
+    def _merge(self, scores: np.ndarray, start: int, other_start: int, *, axis: int) -> None:
+        """Merge the scores of rows ``start + r`` (along ``axis`` of the tile) with rows ``other_start + c``.
+
+        Only scores at or above a row's bar can enter its ``k`` best: its
+        current k-th best or, while it holds fewer, a lower bound on the
+        tile's own k-th best for that row. Ties at the bar are all kept and
+        sorted by row.
+        """
+        k = self.k
+        count, width = (scores.shape[0], scores.shape[1]) if axis == 1 else (scores.shape[1], scores.shape[0])
+        bar = self.scores[start : start + count, -1].copy()
+        short = np.flatnonzero(np.isneginf(bar))
+        if width > k and len(short):
+            part = scores if len(short) == count else (scores[short] if axis == 1 else scores[:, short])
+            bar[short] = _kth_lower_bound(part, k, axis)
+        mask = scores >= (bar[:, None] if axis == 1 else bar[None, :])
+        i, j = np.divmod(np.flatnonzero(mask), scores.shape[1])
+        values = scores[i, j]
+        qi, col = (i, j) if axis == 1 else (j, i)
+        real = np.isfinite(values)  # the masked lower triangle and NaN never enter
+        qi, col, values = qi[real], col[real], values[real]
+        if len(qi) == 0:
+            return
+        affected, group = np.unique(qi, return_inverse=True)
+        rows = affected + start
+        all_group = np.concatenate([np.repeat(np.arange(len(affected)), k), group])
+        all_scores = np.concatenate([self.scores[rows].ravel(), values])
+        all_rows = np.concatenate([self.rows[rows].ravel(), col + other_start])
+        order = np.lexsort((all_rows, -all_scores, all_group))
+        all_group, all_scores, all_rows = all_group[order], all_scores[order], all_rows[order]
+        rank = np.arange(len(order)) - np.searchsorted(all_group, np.arange(len(affected)))[all_group]
+        keep = rank < k
+        self.scores[rows[all_group[keep]], rank[keep]] = all_scores[keep]
+        self.rows[rows[all_group[keep]], rank[keep]] = all_rows[keep]
+
+
+def _kth_lower_bound(scores: np.ndarray, k: int, axis: int) -> np.ndarray:
+    """A lower bound on the k-th largest score of each line of a tile along ``axis``, in one pass.
+
+    The line is cut into ``8k`` groups; the k-th largest of the group maxima
+    is reached by k scores (one per group), so the k-th best is at least as
+    high. A partition of the whole tile would cost more than its matrix
+    product, and ten times more along axis 0.
+    """
+    width = scores.shape[axis]
+    groups = min(width, 8 * k)
+    size = width // groups
+    if axis == 1:
+        maxima = scores[:, : groups * size].reshape(scores.shape[0], groups, size).max(axis=2)
+        return np.partition(maxima, groups - k, axis=1)[:, groups - k]
+    maxima = scores[: groups * size].reshape(groups, size, scores.shape[1]).max(axis=1)
+    return np.partition(maxima, groups - k, axis=0)[groups - k]
 
 
 def connected_rows(n: int, first: np.ndarray, second: np.ndarray) -> np.ndarray:
