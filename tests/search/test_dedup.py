@@ -277,6 +277,16 @@ def test_nearest_pairs_over_an_index_equal_those_over_its_array(tmp_path, plante
         np.testing.assert_allclose(scores, expected[2], atol=1e-6)  # products of other shapes round otherwise
 
 
+@pytest.mark.parametrize("images", [0, 1])
+def test_an_index_of_fewer_than_two_images_has_no_groups(tmp_path, images):
+    root = tmp_path / "few"
+    root.mkdir()
+    for i in range(images):
+        photo_like(i).save(root / f"{i}.png")
+    finder = DuplicateFinder(random_index(tmp_path, root), progress=True)
+    assert finder.groups() == [] and finder.skipped == []
+
+
 # -- devise-dedup -----------------------------------------------------------------
 
 
