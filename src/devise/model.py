@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import ops
 
 from devise.atomicfile import atomic_path
@@ -102,6 +103,12 @@ class DeViSEJointModel(keras.Model):
             with self.distribute_strategy.scope():
                 optimizer.build(self.trainable_variables)
 
+    def train_step(self, data):
+        return _reducible_across_workers(super().train_step(data))
+
+    def test_step(self, data):
+        return _reducible_across_workers(super().test_step(data))
+
     def get_config(self):
         return {
             "name": self.name,
@@ -118,6 +125,22 @@ class DeViSEJointModel(keras.Model):
         for key in ("image_projector", "text_encoder"):
             config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
+
+
+def _reducible_across_workers(logs: dict) -> dict:
+    """A step's logs as Keras 3 can average them across workers.
+
+    Under ``MultiWorkerMirroredStrategy`` Keras' TensorFlow trainer averages
+    each log with ``strategy.reduce("MEAN", value, axis=0)``, which fails on
+    the scalars every step returns (tensorflow/tensorflow#72388: ``fit`` fails
+    with "Invalid reduction dimension 0"); shape ``(1,)`` averages to the
+    same scalar.
+    """
+    strategy = tf.distribute.get_strategy()
+    multi_worker = getattr(strategy.extended, "_in_multi_worker_mode", lambda: False)()
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or not multi_worker:
+        return logs
+    return {key: ops.reshape(value, (1,)) for key, value in logs.items()}
 
 
 def build_devise_model(
