@@ -445,7 +445,7 @@ class UnseenWords:
     unseen_types: int
 
     @classmethod
-    def measure(cls, items: Sequence[Item], tokenize: Callable[[str], list[str]]) -> "UnseenWords":
+    def measure(cls, items: Sequence[Item], tokenize: Callable[[str], list[str]]) -> UnseenWords:
         train = {t for item in items if item.split == "train" for t in tokenize(item.caption)}
         test = [t for item in items if item.split == "test" for t in tokenize(item.caption)]
         unseen = [t for t in test if t not in train]

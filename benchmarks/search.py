@@ -26,7 +26,6 @@ import sys
 import tempfile
 import time
 
-import h5py
 import numpy as np
 
 from devise.search.index import ImageFile, ImageIndex, create_index_file, exact_search, new_index_file
@@ -265,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
             f"top-{args.k} recall against exact search, p50 latency per single query:"
         )
         print(f"{'data':>10} {'nprobe':>7} | {'recall@10':>9} | {'ann p50':>9} | {'exact p50':>9} | {'speed-up':>8}")
-        for n, data, nprobe, recall, ann_ms, exact_ms in ann_rows:
+        for _n, data, nprobe, recall, ann_ms, exact_ms in ann_rows:
             print(
                 f"{data:>10} {nprobe:>7} | {recall:>9.3f} | {ann_ms:>7.2f}ms | {exact_ms:>7.2f}ms | "
                 f"{exact_ms / ann_ms:>7.1f}x"

@@ -88,10 +88,8 @@ def http_server_factory():
                 pass
 
             def do_GET(self):
-                try:
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     handle(self)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
 
         httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         httpd.daemon_threads = True

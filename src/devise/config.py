@@ -57,7 +57,7 @@ class _NoAliasLoader(yaml.SafeLoader):
 def _load_yaml(text: str):
     """Parse YAML; a value YAML matches but cannot build (a 5000-digit int, month 13) is a YAMLError too."""
     try:
-        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_NoAliasLoader)
     except (ValueError, OverflowError, TypeError) as exc:  # raised by the constructors, not the parser
         detail = " ".join(str(exc).split())
         detail = detail if len(detail) <= _SHOWN_CHARS else detail[: _SHOWN_CHARS - 3] + "..."

@@ -26,6 +26,7 @@ the next run can resume it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import http.client
@@ -367,7 +368,7 @@ def _attempt(url, part, expected_size, timeout, progress, stats) -> tuple[str, i
             stats["resumed_from"] = offset
         done = offset
         try:
-            handle = open(part, mode)
+            handle = open(part, mode)  # noqa: SIM115 - closed by the with below; the open alone gets its own error
         except OSError as exc:
             raise _Fatal(f"cannot write {part}: {exc}") from None
         with handle:
@@ -427,10 +428,8 @@ def _open(url: str, headers: dict[str, str], timeout: float):
         status = exc.code
         reason = f"HTTP {status} {exc.reason}".rstrip()
         content_range = (exc.headers.get("Content-Range", "") if exc.headers else "") or ""
-        try:
+        with contextlib.suppress(Exception):  # best effort
             exc.close()
-        except Exception:  # pragma: no cover - best effort
-            pass
         if status == 416 and "Range" in headers:
             match = _UNSATISFIED_RANGE.match(content_range)
             raise _RangeNotSatisfiable(int(match.group(1)) if match else None) from None
@@ -485,7 +484,5 @@ def _parse_content_range(value: str | None) -> tuple[int, int | None]:
 
 
 def _remove(path: str) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.remove(path)
-    except FileNotFoundError:
-        pass

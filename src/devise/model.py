@@ -364,7 +364,7 @@ class DeViSEModel:
             json.dump(meta, f, indent=2)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "DeViSEModel":
+    def load(cls, path: str | os.PathLike) -> DeViSEModel:
         """Load a model from a ``model.keras`` file or a directory holding one (e.g. a run directory)."""
         path = os.fspath(path)
         file = os.path.join(path, MODEL_FILE) if os.path.isdir(path) else path

@@ -36,7 +36,7 @@ def _good_layout(root: pathlib.Path) -> pathlib.Path:
 
 def test_categories_are_the_twenty_pascal_classes():
     assert len(PASCAL_CATEGORIES) == 20
-    assert PASCAL_CATEGORIES == tuple(sorted(PASCAL_CATEGORIES))
+    assert tuple(sorted(PASCAL_CATEGORIES)) == PASCAL_CATEGORIES
     assert {"aeroplane", "diningtable", "tvmonitor", "pottedplant"} <= set(PASCAL_CATEGORIES)
 
 

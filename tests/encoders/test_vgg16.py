@@ -25,7 +25,7 @@ def extractor():
     """The one VGG16 of this module: 138M random parameters (~550 MB)."""
     keras.utils.set_random_seed(0)
     ex = VGG16FeatureExtractor(weights=None, batch_size=2)
-    ex.model  # builds it once, here
+    _ = ex.model  # builds it once, here
     return ex
 
 
@@ -161,7 +161,7 @@ def test_build_model_without_weights_or_downloads_raises(keras_home):
     assert len(info.value.problems) == 1
     assert _expected_weights_path(keras_home) in str(info.value)
     with pytest.raises(MissingResourcesError):
-        ex.model  # the lazy property goes the same way
+        _ = ex.model  # the lazy property goes the same way
 
 
 def test_build_model_with_missing_local_file_raises(tmp_path):

@@ -3,9 +3,9 @@ import pytest
 
 pytest.importorskip("faiss")
 
-from devise.errors import DataFormatError  # noqa: E402
-from devise.search.approximate import ApproximateIndex, recall_against_exact  # noqa: E402
-from devise.search.index import ImageIndex, IndexMismatchError, exact_search, update_index  # noqa: E402
+from devise.errors import DataFormatError
+from devise.search.approximate import ApproximateIndex, recall_against_exact
+from devise.search.index import ImageIndex, IndexMismatchError, exact_search, update_index
 
 
 def _clustered_unit_vectors(n, dim, seed=0):

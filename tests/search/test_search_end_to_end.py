@@ -5,7 +5,6 @@ import pathlib
 import shutil
 
 import h5py
-import numpy as np
 import pytest
 
 import devise

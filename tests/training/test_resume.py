@@ -105,7 +105,7 @@ def noisy_recipe(tiny_overrides, repo_root):
 def interrupted_run(noisy_recipe, tmp_path_factory, monkeypatch_module):
     """(uninterrupted reference run, a copy of a run stopped by Ctrl-C after epoch 2) of the noisy recipe."""
     base = tmp_path_factory.mktemp("resume")
-    reference = devise.Trainer(noisy_recipe(base / "a"), run_dir=str(base / "reference"), verbose=False).run()
+    devise.Trainer(noisy_recipe(base / "a"), run_dir=str(base / "reference"), verbose=False).run()
     original = resume_module.TrainingCheckpoint.on_epoch_end
 
     def stop_after_second(self, epoch, logs=None):

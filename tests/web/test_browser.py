@@ -15,8 +15,8 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from devise.search.engine import SearchEngine  # noqa: E402
-from devise.web import BackgroundServer, create_app  # noqa: E402
+from devise.search.engine import SearchEngine
+from devise.web import BackgroundServer, create_app
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 

@@ -15,9 +15,9 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from devise.cli import serve as serve_cli  # noqa: E402
-from devise.search.engine import SearchEngine  # noqa: E402
-from devise.web import BackgroundServer, create_app  # noqa: E402
+from devise.cli import serve as serve_cli
+from devise.search.engine import SearchEngine
+from devise.web import BackgroundServer, create_app
 
 CANDIDATES = [f"a {c} {s}" for c in ("red", "green", "blue", "yellow") for s in ("circle", "square", "triangle")]
 

@@ -336,7 +336,7 @@ def download_pascal(
     def fetch(index: int) -> dict:
         return _fetch_entry(entries[index], dest_path, retries, timeout, backoff, cancel)
 
-    started = datetime.datetime.now(datetime.timezone.utc)
+    started = datetime.datetime.now(datetime.UTC)
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers))
     interrupted = False
     try:

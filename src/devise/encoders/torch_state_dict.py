@@ -64,7 +64,7 @@ def _shown(value) -> str:
 def _size_text(nbytes: int) -> str:
     if nbytes >= 1 << 60:  # claimed sizes can have thousands of digits
         return "over 1 EiB"
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):  # noqa: B007 - the unit reached is used after the loop
         if nbytes < 1024:
             break
         nbytes /= 1024

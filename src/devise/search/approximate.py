@@ -76,7 +76,7 @@ class ApproximateIndex:
         train_size: int = 100_000,
         block_rows: int = 65536,
         seed: int = 0,
-    ) -> "ApproximateIndex":
+    ) -> ApproximateIndex:
         """Cluster a sample of the vectors, then add them all block by block.
 
         ``nlist`` defaults to about ``4 * sqrt(N)`` clusters.
@@ -137,7 +137,7 @@ class ApproximateIndex:
             json.dump(meta, f)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, image_index: ImageIndex) -> "ApproximateIndex":
+    def load(cls, path: str | os.PathLike, *, image_index: ImageIndex) -> ApproximateIndex:
         """Load an index saved by :meth:`save`; refused unless it matches ``image_index``."""
         faiss = _faiss()
         path = os.fspath(path)

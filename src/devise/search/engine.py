@@ -107,7 +107,7 @@ class SearchEngine:
             self.use_index(index)
 
     @classmethod
-    def load(cls, run_dir: str | os.PathLike | None = None, index: str | os.PathLike | None = None) -> "SearchEngine":
+    def load(cls, run_dir: str | os.PathLike | None = None, index: str | os.PathLike | None = None) -> SearchEngine:
         """Load the model of a training run and, optionally, an index built by it.
 
         With ``run_dir=None`` the run recorded in the index is used.

@@ -38,9 +38,9 @@ Version 1 (no checksums) is refused with the advice to rebuild.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-import functools
 import os
 from collections.abc import Iterator, Sequence
 

@@ -19,7 +19,7 @@ from devise.training.config import (
 from devise.training.evaluate_run import evaluate_run
 from devise.training.evaluation import evaluate_retrieval, format_markdown_report, format_metrics_table
 from devise.training.resources import check_resources, find_missing_resources
-from devise.training.trainer import TrainResult, Trainer, make_feature_extractor
+from devise.training.trainer import Trainer, TrainResult, make_feature_extractor
 
 __all__ = [
     "DataConfig",
