@@ -112,28 +112,36 @@ def main() -> None:
     for n in args.sizes:
         matrix, planted = planted_vectors(n, args.dim)
         (first, second, _), ours_s, ours_mib = measured(nearest_pairs, matrix, args.k)
-        print(f"{n:>8} {'devise nearest_pairs (array)':<34} {ours_s:>9.2f}s {ours_mib:>10.0f}  "
-              f"{'all found' if all_found(first, second, planted, n) else 'MISSED SOME'}")
+        print(
+            f"{n:>8} {'devise nearest_pairs (array)':<34} {ours_s:>9.2f}s {ours_mib:>10.0f}  "
+            f"{'all found' if all_found(first, second, planted, n) else 'MISSED SOME'}"
+        )
         if not args.no_index:
             with tempfile.TemporaryDirectory() as tmp:
                 index = write_index(os.path.join(tmp, "bench.h5"), matrix)
                 (ifirst, isecond, _), index_s, index_mib = measured(nearest_pairs, index, args.k)
                 same = np.array_equal(ifirst, first) and np.array_equal(isecond, second)
-                print(f"{n:>8} {'devise nearest_pairs (index file)':<34} {index_s:>9.2f}s {index_mib:>10.0f}  "
-                      f"{'same pairs' if same else 'DIFFERENT PAIRS'}")
+                print(
+                    f"{n:>8} {'devise nearest_pairs (index file)':<34} {index_s:>9.2f}s {index_mib:>10.0f}  "
+                    f"{'same pairs' if same else 'DIFFERENT PAIRS'}"
+                )
         naive_bytes = 4 * n * n
         if naive_bytes / 1e9 <= args.naive_limit_gb:
             (nfirst, nsecond), naive_s, naive_mib = measured(naive_pairs, matrix, args.k)
             same = np.array_equal(nfirst, first) and np.array_equal(nsecond, second)
             naive_rate = naive_s / n**2
-            print(f"{n:>8} {'naive X @ X.T + argpartition':<34} {naive_s:>9.2f}s {naive_mib:>10.0f}  "
-                  f"{'same pairs as devise' if same else 'DIFFERENT PAIRS'}")
+            print(
+                f"{n:>8} {'naive X @ X.T + argpartition':<34} {naive_s:>9.2f}s {naive_mib:>10.0f}  "
+                f"{'same pairs as devise' if same else 'DIFFERENT PAIRS'}"
+            )
             print(f"{n:>8} {'naive / devise':<34} {naive_s / ours_s:>9.2f}x {naive_mib / ours_mib:>9.1f}x")
         else:
             estimate = f"~{naive_rate * n**2:.0f}s" if naive_rate else "?"
-            print(f"{n:>8} {'naive X @ X.T + argpartition':<34} {'not run':>10} {naive_bytes / 2**20:>10.0f}  "
-                  f"needs {naive_bytes / 1e9:.0f} GB for the scores (limit {args.naive_limit_gb:.0f} GB); "
-                  f"{estimate} extrapolated as N^2 from the largest run")
+            print(
+                f"{n:>8} {'naive X @ X.T + argpartition':<34} {'not run':>10} {naive_bytes / 2**20:>10.0f}  "
+                f"needs {naive_bytes / 1e9:.0f} GB for the scores (limit {args.naive_limit_gb:.0f} GB); "
+                f"{estimate} extrapolated as N^2 from the largest run"
+            )
         del matrix
 
 

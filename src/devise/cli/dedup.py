@@ -58,8 +58,7 @@ def _print_groups(groups, skipped, images: int, threshold: float) -> None:
             print(f"  {member.score:.3f}  {member.id}")
     if skipped:
         print(
-            f"{PROG}: note: {len(skipped)} image(s) could not be read and were left out, "
-            f"e.g. {skipped[0][1]}",
+            f"{PROG}: note: {len(skipped)} image(s) could not be read and were left out, e.g. {skipped[0][1]}",
             file=sys.stderr,
         )
 
