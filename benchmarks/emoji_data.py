@@ -216,9 +216,7 @@ def parse_emoji_test(path: str | os.PathLike) -> list[Emoji]:
                 parts = comment.split(maxsplit=2)
                 if not status.strip() or len(parts) < 3 or not parts[1].startswith("E"):
                     raise ValueError(f"{path}:{number}: not an emoji-test line: {line!r}")
-                emoji.append(
-                    Emoji(tuple(codepoints.upper().split()), status.strip(), group, subgroup, parts[2])
-                )
+                emoji.append(Emoji(tuple(codepoints.upper().split()), status.strip(), group, subgroup, parts[2]))
     if not emoji:
         raise ValueError(f"{path}: no emoji lines; is it emoji-test.txt?")
     return emoji
@@ -372,9 +370,7 @@ def drop_identical_renders(rendered: Sequence[tuple[Emoji, str]]) -> tuple[list[
     order = {emoji: index for index, (emoji, _) in enumerate(rendered)}
     chosen = {min(group, key=lambda e: (len(caption_from_name(e.name)), order[e])) for group in groups.values()}
     kept = [emoji for emoji, _ in rendered if emoji in chosen]
-    identical = [
-        sorted(group, key=lambda e: e not in chosen) for group in groups.values() if len(group) > 1
-    ]
+    identical = [sorted(group, key=lambda e: e not in chosen) for group in groups.values() if len(group) > 1]
     return kept, identical
 
 
@@ -399,8 +395,12 @@ def build_items(kept: Sequence[Emoji]) -> list[Item]:
 def write_manifest(items: Sequence[Item], path: Path) -> None:
     lines = [
         json.dumps(
-            {"image": f"images/{item.emoji.stem}.png", "caption": item.caption,
-             "category": item.emoji.category, "split": item.split},
+            {
+                "image": f"images/{item.emoji.stem}.png",
+                "caption": item.caption,
+                "category": item.emoji.category,
+                "split": item.split,
+            },
             ensure_ascii=False,
         )
         for item in items
@@ -546,10 +546,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         left_out = ", ".join(repr(e.name) for e in group[1:])
         print(f"  identical renders: kept {group[0].name!r}, left out {left_out}")
     print(f"images: {len(items)} ({summary['flags']} flags) in {out / 'images'}")
-    print(f"captions: {len(items)} in {out / 'captions.jsonl'} ({summary['subgroups']} subgroups): "
-          f"{sizes(split_sizes)}")
-    print(f"classes: {len(classes)} subgroups with >= {MIN_CLASS_IMAGES} images in {out / 'classes'}: "
-          f"{sizes(class_sizes)}")
+    print(
+        f"captions: {len(items)} in {out / 'captions.jsonl'} ({summary['subgroups']} subgroups): {sizes(split_sizes)}"
+    )
+    print(
+        f"classes: {len(classes)} subgroups with >= {MIN_CLASS_IMAGES} images in {out / 'classes'}: "
+        f"{sizes(class_sizes)}"
+    )
     print(f"test caption words unseen in training captions: {unseen}")
     print(f"  without country flags: {unseen_no_flags}")
     if glove is not None:

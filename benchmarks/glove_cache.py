@@ -73,9 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         results = []
         for _ in range(2):
             start = time.perf_counter()
-            result = load_word_vectors_cached(
-                archive, vocabulary=vocabulary, dim=args.dim, cache_dir=cache
-            )
+            result = load_word_vectors_cached(archive, vocabulary=vocabulary, dim=args.dim, cache_dir=cache)
             timings.append(time.perf_counter() - start)
             results.append(result)
         first, cached = timings

@@ -40,18 +40,14 @@ def unit_vectors(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
     return matrix
 
 
-def numpy_baseline(
-    matrix: np.ndarray, queries: np.ndarray, k: int
-) -> tuple[np.ndarray, np.ndarray]:
+def numpy_baseline(matrix: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The obvious numpy top-k: all scores, argpartition, sort the k."""
     scores = queries @ matrix.T
     k = min(k, scores.shape[1])
     part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     part_scores = np.take_along_axis(scores, part, axis=1)
     order = np.argsort(-part_scores, axis=1)
-    return np.take_along_axis(part_scores, order, axis=1), np.take_along_axis(
-        part, order, axis=1
-    )
+    return np.take_along_axis(part_scores, order, axis=1), np.take_along_axis(part, order, axis=1)
 
 
 def timed(fn, *args) -> float:
@@ -66,9 +62,7 @@ def percentiles(times: list[float]) -> tuple[float, float]:
     return float(np.percentile(values, 50)), float(np.percentile(values, 99))
 
 
-def compare(
-    matrix: np.ndarray, query_sets: list[np.ndarray], k: int
-) -> tuple[list[float], list[float]]:
+def compare(matrix: np.ndarray, query_sets: list[np.ndarray], k: int) -> tuple[list[float], list[float]]:
     """Times of ours and of the baseline over the same queries, alternating which goes first."""
     ours, theirs = [], []
     for i, queries in enumerate(query_sets):
@@ -139,28 +133,16 @@ def approximate_rows(matrix: np.ndarray, rng: np.random.Generator, args) -> list
 
 
 def label(n: int) -> str:
-    return (
-        f"{n // 1_000_000}M"
-        if n % 1_000_000 == 0
-        else f"{n // 1000}k"
-        if n % 1000 == 0
-        else str(n)
-    )
+    return f"{n // 1_000_000}M" if n % 1_000_000 == 0 else f"{n // 1000}k" if n % 1000 == 0 else str(n)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000]
-    )
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--dim", type=int, default=512)
-    parser.add_argument(
-        "--queries", type=int, default=200, help="single queries timed per size"
-    )
+    parser.add_argument("--queries", type=int, default=200, help="single queries timed per size")
     parser.add_argument("--batch", type=int, default=32, help="queries per batch")
-    parser.add_argument(
-        "--batches", type=int, default=10, help="batches timed per size"
-    )
+    parser.add_argument("--batches", type=int, default=10, help="batches timed per size")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument(
         "--stream-queries",
@@ -219,13 +201,10 @@ def main(argv: list[str] | None = None) -> int:
         n = len(matrix)
         matrix = None  # streaming must not lean on the in-memory copy
         index = ImageIndex.open(path)
-        exact_search(
-            index, unit_vectors(rng, 1, args.dim), args.k
-        )  # warm the page cache
+        exact_search(index, unit_vectors(rng, 1, args.dim), args.k)  # warm the page cache
         for name, q in (("1 query", 1), (f"batch of {args.batch}", args.batch)):
             times = [
-                timed(exact_search, index, unit_vectors(rng, q, args.dim), args.k)
-                for _ in range(args.stream_queries)
+                timed(exact_search, index, unit_vectors(rng, q, args.dim), args.k) for _ in range(args.stream_queries)
             ]
             stream_rows.append((label(n) + " HDF5", name, *percentiles(times)))
 
@@ -234,21 +213,15 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     print("-" * len(header))
     for size, name, o50, o99, t50, t99 in rows:
-        print(
-            f"{size:>9} {name:>12} | {o50:>7.2f}ms {o99:>7.2f}ms | {t50:>7.2f}ms {t99:>7.2f}ms | {t50 / o50:>9.2f}x"
-        )
+        print(f"{size:>9} {name:>12} | {o50:>7.2f}ms {o99:>7.2f}ms | {t50:>7.2f}ms {t99:>7.2f}ms | {t50 / o50:>9.2f}x")
     for size, name, o50, o99 in stream_rows:
-        print(
-            f"{size:>9} {name:>12} | {o50:>7.2f}ms {o99:>7.2f}ms | {'-':>9} {'-':>9} | {'-':>10}"
-        )
+        print(f"{size:>9} {name:>12} | {o50:>7.2f}ms {o99:>7.2f}ms | {'-':>9} {'-':>9} | {'-':>10}")
 
     print()
     print(
         f"memory copy rate (np.copyto of {min(scans[-1][1], 1 << 30) / 2**30:.2f} GiB, bytes read + written): {copy_gbs:.1f} GB/s"
     )
-    print(
-        f"{'rows':>9} | {'matrix':>9} | {'ours scan':>11} {'of copy':>8} | {'numpy scan':>11} {'of copy':>8}"
-    )
+    print(f"{'rows':>9} | {'matrix':>9} | {'ours scan':>11} {'of copy':>8} | {'numpy scan':>11} {'of copy':>8}")
     for size, nbytes, ours_ms, numpy_ms in scans:
         ours_gbs = nbytes / (ours_ms / 1e3) / 1e9
         numpy_gbs = nbytes / (numpy_ms / 1e3) / 1e9

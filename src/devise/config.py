@@ -50,7 +50,9 @@ class _NoAliasLoader(yaml.SafeLoader):
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
             mark = self.peek_event().start_mark
-            raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not allowed in devise configs", mark)
+            raise yaml.composer.ComposerError(
+                None, None, "YAML aliases (*name) are not allowed in devise configs", mark
+            )
         return super().compose_node(parent, index)
 
 
@@ -353,7 +355,9 @@ def config_from_dict(data: dict, cls=ExperimentConfig):
 
 def config_to_dict(config) -> dict:
     """Plain data (nested dicts and lists) of a config, ready for YAML."""
-    return dataclasses.asdict(config, dict_factory=lambda items: {k: list(v) if isinstance(v, tuple) else v for k, v in items})
+    return dataclasses.asdict(
+        config, dict_factory=lambda items: {k: list(v) if isinstance(v, tuple) else v for k, v in items}
+    )
 
 
 def _parse_override(text: str) -> tuple[list[str], Any]:

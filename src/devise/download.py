@@ -329,9 +329,7 @@ def _attempt(url, part, expected_size, timeout, progress, stats) -> tuple[str, i
             if progress is not None:
                 progress(offset, offset)
             return file_sha256(part), offset
-        raise _Retry(
-            f"server refused to resume at byte {offset:,} (HTTP 416)", status=416, discard_part=True
-        ) from None
+        raise _Retry(f"server refused to resume at byte {offset:,} (HTTP 416)", status=416, discard_part=True) from None
 
     with response:
         # file: (and ftp:) responses have no HTTP status; they always send the
@@ -341,9 +339,7 @@ def _attempt(url, part, expected_size, timeout, progress, stats) -> tuple[str, i
         if offset and status == 206:
             start, total = _parse_content_range(response.headers.get("Content-Range"))
             if start != offset:
-                raise _Retry(
-                    f"server resumed at byte {start} instead of {offset}", discard_part=True
-                )
+                raise _Retry(f"server resumed at byte {start} instead of {offset}", discard_part=True)
             if total is None:
                 length = _content_length(response)
                 total = offset + length if length is not None else None

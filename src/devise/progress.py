@@ -57,10 +57,8 @@ class ProgressBar:
         filled = int(self.width * frac)
         rate = done / elapsed if elapsed > 0 else 0.0
         eta = (total - done) / rate if rate > 0 else 0.0
-        line = (
-            f"{self.label} [{'#' * filled}{'.' * (self.width - filled)}] "
-            f"{done}/{total} {rate:.1f}/s "
-            + (f"done in {elapsed:.1f}s" if final else f"ETA {eta:.0f}s")
+        line = f"{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} {rate:.1f}/s " + (
+            f"done in {elapsed:.1f}s" if final else f"ETA {eta:.0f}s"
         )
         if self._tty:
             self.stream.write("\r" + line + ("\n" if final else ""))

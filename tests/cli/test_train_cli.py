@@ -23,8 +23,15 @@ def test_train_end_to_end_on_tiny_demo(tiny_demo_args, tmp_path, repo_root, monk
     assert "text->image" in out and "image->text" in out and "(ch" in out
 
     run = tmp_path / "run"
-    for name in ("config.yaml", "metrics.json", "model.keras", "model.json",
-                 "data_report.json", "text_stats.json", "history.json"):
+    for name in (
+        "config.yaml",
+        "metrics.json",
+        "model.keras",
+        "model.json",
+        "data_report.json",
+        "text_stats.json",
+        "history.json",
+    ):
         assert (run / name).is_file(), name
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["images"] == 20 and metrics["captions"] == 100 and metrics["split"] == "test"
@@ -61,8 +68,9 @@ def test_check_validates_without_training(tiny_demo_args, tmp_path, repo_root, m
 
 
 @pytest.mark.parametrize("allow_download", ["true", "false"])
-def test_check_reports_a_missing_vgg16_weights_file(allow_download, tiny_demo_args, tmp_path, repo_root,
-                                                    monkeypatch, capsys):
+def test_check_reports_a_missing_vgg16_weights_file(
+    allow_download, tiny_demo_args, tmp_path, repo_root, monkeypatch, capsys
+):
     """A local weights file is never downloaded, and cached ImageNet weights do not stand in for it."""
     from devise.encoders.vgg16 import VGG16_WEIGHTS_FILE
 
@@ -73,8 +81,10 @@ def test_check_reports_a_missing_vgg16_weights_file(allow_download, tiny_demo_ar
     monkeypatch.chdir(repo_root)
     missing = tmp_path / "my_vgg16.h5"
     args = tiny_demo_args(tmp_path) + [
-        "image_encoder.backbone=vgg16", f"image_encoder.weights={missing}",
-        f"image_encoder.allow_download={allow_download}", "--check",
+        "image_encoder.backbone=vgg16",
+        f"image_encoder.weights={missing}",
+        f"image_encoder.allow_download={allow_download}",
+        "--check",
     ]
     assert main(args) == 1
     err = capsys.readouterr().err
@@ -114,9 +124,21 @@ def test_missing_config_file_exits_2(tmp_path, capsys):
 def _run_pascal(tmp_path, repo_root, *overrides):
     env = {**os.environ, "KERAS_HOME": str(tmp_path / "keras_home")}
     return subprocess.run(
-        [sys.executable, "-m", "devise.cli.train", "--config", "configs/pascal.yaml",
-         f"data.root={tmp_path}/pascal", f"word_vectors.path={tmp_path}/glove/glove.6B.zip", *overrides],
-        cwd=repo_root, env=env, capture_output=True, text=True, timeout=180,
+        [
+            sys.executable,
+            "-m",
+            "devise.cli.train",
+            "--config",
+            "configs/pascal.yaml",
+            f"data.root={tmp_path}/pascal",
+            f"word_vectors.path={tmp_path}/glove/glove.6B.zip",
+            *overrides,
+        ],
+        cwd=repo_root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
 
 
@@ -130,8 +152,9 @@ def _problems(stderr):
 
 def test_pascal_without_data_lists_each_missing_resource(tmp_path, repo_root):
     """The real console entry point in a fresh process, downloads off: non-zero, no traceback."""
-    proc = _run_pascal(tmp_path, repo_root, "data.download=false", "word_vectors.download=false",
-                       "image_encoder.allow_download=false")
+    proc = _run_pascal(
+        tmp_path, repo_root, "data.download=false", "word_vectors.download=false", "image_encoder.allow_download=false"
+    )
     assert proc.returncode == 1
     pascal, glove, vgg = _problems(proc.stderr)
     assert f"{tmp_path}/pascal" in pascal and "pascal-sentences" in pascal
@@ -151,9 +174,13 @@ def test_pascal_with_downloads_that_fail_reports_why_and_how(tmp_path, repo_root
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed once the block ends: connections are refused
-    proc = _run_pascal(tmp_path, repo_root, f"data.url=http://127.0.0.1:{port}/pascal-sentences/",
-                       f"word_vectors.url=http://127.0.0.1:{port}/glove.6B.zip",
-                       "image_encoder.allow_download=false")
+    proc = _run_pascal(
+        tmp_path,
+        repo_root,
+        f"data.url=http://127.0.0.1:{port}/pascal-sentences/",
+        f"word_vectors.url=http://127.0.0.1:{port}/glove.6B.zip",
+        "image_encoder.allow_download=false",
+    )
     assert proc.returncode == 1
     pascal, glove, vgg = _problems(proc.stderr)
     assert "download from" in pascal and "failed" in pascal and f"{tmp_path}/pascal" in pascal

@@ -33,7 +33,12 @@ def test_an_output_dir_under_a_regular_file_is_one_line_through_the_real_command
     code = "import sys; from devise.cli.train import console_main; sys.argv[0] = 'devise-train'; console_main()"
     proc = subprocess.run(
         [sys.executable, "-c", code, *args],
-        cwd=repo_root, env=env, capture_output=True, text=True, timeout=600, check=False,
+        cwd=repo_root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert proc.returncode in (1, 2), proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr

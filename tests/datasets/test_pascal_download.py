@@ -117,8 +117,13 @@ class FixtureServer:
                 handler.send_header("Content-Length", "0")
                 handler.end_headers()
                 return
-            self._headers(handler, 206, content_type, len(body) - start,
-                          content_range=f"bytes {start}-{len(body) - 1}/{len(body)}")
+            self._headers(
+                handler,
+                206,
+                content_type,
+                len(body) - start,
+                content_range=f"bytes {start}-{len(body) - 1}/{len(body)}",
+            )
         else:
             self._headers(handler, 200, content_type, len(body))
         payload = body[start:]
@@ -165,8 +170,10 @@ def _jpeg(seed: int) -> bytes:
 def _sentences(category: str, stem: str) -> list[str]:
     # Entities and non-ASCII characters must survive the round trip.
     return [
-        f"A {category} & its friend in picture {stem}, caption {k}." if k == 0
-        else f"Caption {k} of {stem}: the \"{category}\" is near a café." if k == 1
+        f"A {category} & its friend in picture {stem}, caption {k}."
+        if k == 0
+        else f'Caption {k} of {stem}: the "{category}" is near a café.'
+        if k == 1
         else f"Caption {k} of {stem} shows a {category}."
         for k in range(SENTENCES_PER_IMAGE)
     ]
@@ -180,17 +187,15 @@ def _page(items: list[tuple[str, str, list[str]]]) -> str:
             cells = "".join(f"<TR><TD> {html.escape(s)}\n" for s in sentences)
             rows.append(f"<TR><TD><IMG SRC={category}/{file_name}></TD><TD><TABLE>{cells}</TABLE></TD></TR>")
         else:
-            cells = "".join(
-                f"<tr><td>{html.escape(s).replace('é', '&eacute;')}</td></tr>\n" for s in sentences
-            )
+            cells = "".join(f"<tr><td>{html.escape(s).replace('é', '&eacute;')}</td></tr>\n" for s in sentences)
             rows.append(
                 f'<tr>\n<td><img src="{category}/{file_name}" width="500"/></td>\n'
                 f"<td><table>\n{cells}</table></td>\n</tr>"
             )
     return (
-        "<!DOCTYPE HTML PUBLIC \"-//W3C//DTD HTML 4.01 Transitional//EN\">\n"
+        '<!DOCTYPE HTML PUBLIC "-//W3C//DTD HTML 4.01 Transitional//EN">\n'
         "<HTML><HEAD><TITLE>Pascal Sentences</TITLE></HEAD><BODY>\n"
-        "<img src=\"logo.png\"><H1>Collecting Image Annotations</H1>\n"
+        '<img src="logo.png"><H1>Collecting Image Annotations</H1>\n'
         "<table>\n" + "\n".join(rows) + "\n</table>\n</BODY></HTML>\n"
     )
 
@@ -299,8 +304,12 @@ def test_download_writes_layout_reports_failures_and_resumes(server, tmp_path):
     for path, fault in faults.items():
         if path in failing:
             reason = reasons[info[path]["id"]]
-            expected = {"404": "HTTP 404", "truncated": "truncated", "short": "cannot decode",
-                        "html": "served as text/html"}[fault]
+            expected = {
+                "404": "HTTP 404",
+                "truncated": "truncated",
+                "short": "cannot decode",
+                "html": "served as text/html",
+            }[fault]
             assert expected in reason, (fault, reason)
     # 404 is final at once; the truncated and bad bodies were retried; 500 twice then success.
     assert server.requests_for(paths[1]) == 1
@@ -313,10 +322,10 @@ def test_download_writes_layout_reports_failures_and_resumes(server, tmp_path):
     assert set(by_image) == {info[p]["id"] for p in good}
     for path in good:
         assert by_image[info[path]["id"]] == info[path]["sentences"]
-        category, file_name = path[len(PAGE_PATH):].split("/")
+        category, file_name = path[len(PAGE_PATH) :].split("/")
         assert (dest / "dataset" / category / file_name).read_bytes() == info[path]["bytes"]
     for path in failing:
-        category, file_name = path[len(PAGE_PATH):].split("/")
+        category, file_name = path[len(PAGE_PATH) :].split("/")
         assert not (dest / "dataset" / category / file_name).exists()
     for image in (dest / "dataset").rglob("*.jpg"):
         load_image(image)
@@ -337,10 +346,22 @@ def test_download_writes_layout_reports_failures_and_resumes(server, tmp_path):
     # Second run, through the CLI: nothing already complete is fetched again,
     # the same images fail, and the exit code says so.
     server.reset_log()
-    exit_code = download_main([
-        "pascal", "--dest", str(dest), "--url", server.base + PAGE_PATH,
-        "--workers", "8", "--retries", "0", "--timeout", "5", "--quiet",
-    ])
+    exit_code = download_main(
+        [
+            "pascal",
+            "--dest",
+            str(dest),
+            "--url",
+            server.base + PAGE_PATH,
+            "--workers",
+            "8",
+            "--retries",
+            "0",
+            "--timeout",
+            "5",
+            "--quiet",
+        ]
+    )
     assert exit_code == 1
     fetched = {p for p, _ in server.log}
     assert fetched == {PAGE_PATH} | failing
@@ -354,9 +375,18 @@ def test_cli_prints_failures_and_exits_nonzero(server, tmp_path, capsys):
     paths = sorted(info)
     server.faults[paths[2]] = "404"
     dest = tmp_path / "pascal"
-    code = download_main([
-        "pascal", "--dest", str(dest), "--url", server.base + PAGE_PATH, "--retries", "0", "--quiet",
-    ])
+    code = download_main(
+        [
+            "pascal",
+            "--dest",
+            str(dest),
+            "--url",
+            server.base + PAGE_PATH,
+            "--retries",
+            "0",
+            "--quiet",
+        ]
+    )
     assert code == 1
     out = capsys.readouterr().out
     assert "5 downloaded" in out and "1 failed" in out
@@ -394,8 +424,9 @@ def test_interrupted_run_resumes_without_corrupt_files(server, tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        download_pascal(dest, url=server.base + PAGE_PATH, workers=8, retries=1, timeout=5,
-                        backoff=0.01, progress=interrupt)
+        download_pascal(
+            dest, url=server.base + PAGE_PATH, workers=8, retries=1, timeout=5, backoff=0.01, progress=interrupt
+        )
 
     images = list((dest / "dataset").rglob("*.jpg"))
     parts = list((dest / "dataset").rglob("*.jpg.part"))
@@ -428,7 +459,7 @@ def test_interrupted_run_resumes_without_corrupt_files(server, tmp_path):
     assert len(by_image) == 12
     for path, item in info.items():
         assert by_image[item["id"]] == item["sentences"]
-        category, file_name = path[len(PAGE_PATH):].split("/")
+        category, file_name = path[len(PAGE_PATH) :].split("/")
         assert (dest / "dataset" / category / file_name).read_bytes() == item["bytes"]
     manifest = json.loads((dest / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["complete"] is True and manifest["interrupted"] is False

@@ -56,9 +56,7 @@ def test_full_dataset_loads_through_the_pascal_reader(full_dataset):
     root, records, report = full_dataset
     assert len(report) == 0, report.summary()
     assert len(records) == 20 * 50 * 5
-    images_per_category = collections.Counter(
-        r.category for r in {r.image_id: r for r in records}.values()
-    )
+    images_per_category = collections.Counter(r.category for r in {r.image_id: r for r in records}.values())
     assert images_per_category == {category: 50 for category in SHAPES_CATEGORIES}
     assert all(re.fullmatch(r"[a-z]+_[a-z]+/shapes_\d{6}", r.image_id) for r in records)
     manifest = json.loads((root / "shapes.json").read_text())

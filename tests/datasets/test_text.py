@@ -30,7 +30,6 @@ def test_tokenize(text, expected):
     assert tokenize(text) == expected
 
 
-
 # -- tokenize with the words the vectors know ---------------------------------------
 
 KNOWN = {"t-shirt", "dog", "'s", "do", "n't", "o'clock", "Paris"}

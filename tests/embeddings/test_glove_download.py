@@ -110,10 +110,7 @@ def _glove_zip(dims=(50, 100, 200, 300), lines=100) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for dim in dims:
-            rows = [
-                f"word{i} " + " ".join(f"{rng.uniform(-1, 1):.5f}" for _ in range(dim))
-                for i in range(lines)
-            ]
+            rows = [f"word{i} " + " ".join(f"{rng.uniform(-1, 1):.5f}" for _ in range(dim)) for i in range(lines)]
             archive.writestr(f"glove.6B.{dim}d.txt", "\n".join(rows) + "\n")
     return buffer.getvalue()
 
@@ -209,8 +206,7 @@ def test_invalid_archives_are_never_moved_into_place(server, tmp_path):
     server.files["/data/page.zip"] = b"<html><body>Please log in</body></html>"
     server.files["/data/partial.zip"] = _glove_zip(dims=(50, 100, 200))
     with pytest.raises(DownloadError, match="not a valid zip"):
-        download_glove(tmp_path, url=server.url("/data/page.zip"), progress=False, retries=1,
-                       backoff=0.01)
+        download_glove(tmp_path, url=server.url("/data/page.zip"), progress=False, retries=1, backoff=0.01)
     assert len(server.log) == 2
     with pytest.raises(DownloadError, match=r"glove\.6B\.300d\.txt"):
         download_glove(tmp_path, url=server.url("/data/partial.zip"), progress=False, retries=0)
@@ -227,9 +223,14 @@ def test_download_file_retries_5xx_and_checks_size_and_hash(server, glove_zip, t
     server.fail_first[ZIP_PATH] = 2
     digest = hashlib.sha256(glove_zip).hexdigest()
     progress = []
-    result = download_file(server.url(), tmp_path / "a.zip", expected_size=len(glove_zip),
-                           sha256=digest, backoff=0.01,
-                           progress=lambda done, total: progress.append((done, total)))
+    result = download_file(
+        server.url(),
+        tmp_path / "a.zip",
+        expected_size=len(glove_zip),
+        sha256=digest,
+        backoff=0.01,
+        progress=lambda done, total: progress.append((done, total)),
+    )
     assert [status for _, _, status in server.log] == [503, 503, 200]
     assert result.attempts == 3 and result.size == len(glove_zip) and result.sha256 == digest
     assert progress[-1] == (len(glove_zip), len(glove_zip))
@@ -253,8 +254,7 @@ def test_download_file_retries_5xx_and_checks_size_and_hash(server, glove_zip, t
 
 def test_cli_glove(server, glove_zip, tmp_path, capsys):
     server.files[ZIP_PATH] = glove_zip
-    assert download_main(["glove", "--dest", str(tmp_path), "--url", server.url(), "--dim", "50",
-                          "--quiet"]) == 0
+    assert download_main(["glove", "--dest", str(tmp_path), "--url", server.url(), "--dim", "50", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert str(tmp_path / "glove.6B.zip") in out and "glove.6B.50d.txt" in out
 

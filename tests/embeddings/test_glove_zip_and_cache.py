@@ -81,9 +81,7 @@ def test_zip_member_equals_unpacked_text(glove_zip: Path, tmp_path: Path, vocabu
     assert zipped.lines_read == plain.lines_read == 20
     assert zipped.issue_count == plain.issue_count
     shown = f"{glove_zip}::glove.6B.50d.txt"
-    assert [(i.path, i.line, i.reason) for i in zipped.issues] == [
-        (shown, i.line, i.reason) for i in plain.issues
-    ]
+    assert [(i.path, i.line, i.reason) for i in zipped.issues] == [(shown, i.line, i.reason) for i in plain.issues]
     assert str(zipped.issues[0]) == f"{shown}:17: expected 50 values, found 49"
 
 
@@ -230,9 +228,7 @@ def test_cache_hit_returns_the_same_result_without_reading(
         assert_same_vectors(load_word_vectors_cached(path, vocabulary=VOCAB, cache_dir=cache, **other), first)
 
 
-def test_cache_misses_on_other_vocabulary_or_changed_source(
-    tmp_path: Path, counting: CountingLoader
-) -> None:
+def test_cache_misses_on_other_vocabulary_or_changed_source(tmp_path: Path, counting: CountingLoader) -> None:
     source = tmp_path / "glove.txt"
     source.write_text(glove_text([(w, vec(i, 4)) for i, w in enumerate(WORDS)]), encoding="utf-8")
     cache = tmp_path / "cache"

@@ -29,9 +29,7 @@ def offline_glove() -> WordVectors:
 def test_offline_glove_content(offline_glove: WordVectors) -> None:
     assert len(offline_glove) == 400_000 and offline_glove.dim == 50
     assert offline_glove.words[0] == "the"
-    np.testing.assert_allclose(
-        offline_glove.get("the")[:4], [0.418, 0.24968, -0.41242, 0.1217], rtol=0, atol=1e-6
-    )
+    np.testing.assert_allclose(offline_glove.get("the")[:4], [0.418, 0.24968, -0.41242, 0.1217], rtol=0, atol=1e-6)
     top5 = [w for w, _ in offline_glove.nearest("dog", k=5)]
     assert "cat" in top5 and "puppy" in top5 and "dog" not in top5
 
@@ -45,9 +43,7 @@ def test_offline_glove_restricted_vocabulary(offline_glove: WordVectors) -> None
         np.testing.assert_array_equal(small.vectors[i], offline_glove.get(w))
 
 
-def test_offline_glove_round_trips_through_text_format(
-    offline_glove: WordVectors, tmp_path: Path
-) -> None:
+def test_offline_glove_round_trips_through_text_format(offline_glove: WordVectors, tmp_path: Path) -> None:
     rows = list(range(300)) + list(range(100_000, 400_000, 3000))
     words = [offline_glove.words[r] for r in rows]
     entries = [(offline_glove.words[r], offline_glove.vectors[r]) for r in rows]

@@ -110,7 +110,9 @@ def test_binary_header_mismatch_and_trailing_data(tmp_path: Path) -> None:
     short.write_bytes(binary_bytes(ENTRIES, count=len(WORDS) + 2))
     result = load_word2vec_binary(short)
     assert result.vectors.words == WORDS
-    assert [i.reason for i in result.issues] == [f"header says {len(WORDS) + 2} vectors, the file ends after {len(WORDS)}"]
+    assert [i.reason for i in result.issues] == [
+        f"header says {len(WORDS) + 2} vectors, the file ends after {len(WORDS)}"
+    ]
 
     long = tmp_path / "long.bin"
     long.write_bytes(binary_bytes(ENTRIES, count=3))

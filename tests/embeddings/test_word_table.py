@@ -110,6 +110,7 @@ def test_duplicate_and_empty_words_are_not_repeated():
     np.testing.assert_array_equal(_row(table, "a"), [1.0, 0.0, 0.0])  # the first row of a duplicate
     report = table.report
     assert report["source_words"] == 2  # distinct words, so the figures add up
-    assert report["table_words"] == report["source_words"] + report["caption_words_added"] + report[
-        "caption_words_without_vector"
-    ]
+    assert (
+        report["table_words"]
+        == report["source_words"] + report["caption_words_added"] + report["caption_words_without_vector"]
+    )

@@ -21,7 +21,11 @@ from devise.errors import DataFormatError, DeviseError
 
 # -- a tiny writer for the legacy format, built from raw pickle opcodes --------
 
-_STORAGE_NAMES = {np.dtype("float32"): "FloatStorage", np.dtype("float16"): "HalfStorage", np.dtype("int64"): "LongStorage"}
+_STORAGE_NAMES = {
+    np.dtype("float32"): "FloatStorage",
+    np.dtype("float16"): "HalfStorage",
+    np.dtype("int64"): "LongStorage",
+}
 
 
 def _global(module: str, name: str) -> bytes:

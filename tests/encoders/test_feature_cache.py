@@ -251,9 +251,7 @@ def test_progress_counts_across_checkpoints(tmp_path):
     cache = _cache(tmp_path, extractor)
     cache.get_or_compute(extractor, ids[:2], paths[:2], progress=False)
     seen = []
-    cache.get_or_compute(
-        extractor, ids, paths, progress=lambda d, t: seen.append((d, t)), checkpoint_every=2
-    )
+    cache.get_or_compute(extractor, ids, paths, progress=lambda d, t: seen.append((d, t)), checkpoint_every=2)
     # Only the 5 missing images count, and the count never goes back.
     assert all(t == 5 for _, t in seen)
     assert seen[-1] == (5, 5)

@@ -258,9 +258,7 @@ def test_float16_word_vectors(kind, matrix):
     half = _encoder(kind, matrix, word_vectors_dtype="float16")  # same seed: same other weights
     assert half.word_vectors.dtype == "float16"
     assert all(w.dtype == "float32" for w in half.weights if w is not half.word_vectors)
-    np.testing.assert_array_equal(
-        keras.ops.convert_to_numpy(half.word_vectors), matrix.astype(np.float16)
-    )
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(half.word_vectors), matrix.astype(np.float16))
     tokens = _padded(CAPTIONS, MAX_LEN)
     out = _run(half, tokens)
     assert out.dtype == np.float32

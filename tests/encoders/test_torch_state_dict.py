@@ -41,7 +41,7 @@ def _tuple(*items: bytes) -> bytes:
 def _tensor(storage, offset=0, size=None, stride=None, **extra) -> dict:
     """A tensor spec: storage array, its view (default: all of it), and optional lies about the storage."""
     size = (storage.size,) if size is None else size
-    stride = tuple(int(np.prod(size[i + 1:])) for i in range(len(size))) if stride is None else stride
+    stride = tuple(int(np.prod(size[i + 1 :])) for i in range(len(size))) if stride is None else stride
     return {"storage": storage, "offset": offset, "size": size, "stride": stride, **extra}
 
 
@@ -206,7 +206,7 @@ def test_changing_a_stand_in_with_build_is_refused(tmp_path):
     content = _legacy_pth({"w": _tensor(np.zeros(2, np.float32))})
     marker = b"N" + b"t"  # the end of the persistent id tuple (view_metadata None)
     at = content.index(marker) + len(marker)
-    assert content[at:at + 1] == b"Q"
+    assert content[at : at + 1] == b"Q"
     state = b"}" + _str("storage_type") + _str("x") + b"sb"
-    crafted = content[: at + 1] + state + content[at + 1:]
+    crafted = content[: at + 1] + state + content[at + 1 :]
     _refused(tmp_path, crafted, "crafted.pth")

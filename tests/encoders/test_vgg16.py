@@ -170,7 +170,6 @@ def test_build_model_with_missing_local_file_raises(tmp_path):
         VGG16FeatureExtractor(weights=str(missing)).build_model()
 
 
-
 # -- weights identified by content (issue 8 item 10) -----------------------------
 
 

@@ -101,9 +101,7 @@ def _measure() -> dict:
 @pytest.fixture(scope="module")
 def measured():
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run(
-        [sys.executable, __file__], capture_output=True, text=True, timeout=900, env=env, check=False
-    )
+    proc = subprocess.run([sys.executable, __file__], capture_output=True, text=True, timeout=900, env=env, check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

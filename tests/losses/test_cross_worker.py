@@ -56,7 +56,9 @@ def _worker(index: int, ports: list[str]) -> dict:
         m = build_devise_model(
             words=words, embedding_matrix=table, image_dim=12, joint_dim=6, units=5, max_caption_length=4
         )
-        m.set_weights([np.random.default_rng(i).normal(size=w.shape).astype(w.dtype) * 0.3 for i, w in enumerate(m.get_weights())])
+        m.set_weights(
+            [np.random.default_rng(i).normal(size=w.shape).astype(w.dtype) * 0.3 for i, w in enumerate(m.get_weights())]
+        )
         m.compile(optimizer=keras.optimizers.SGD(0.5), loss=HingeRankLoss(0.5, negatives=negatives, seed=0))
         return m
 
@@ -68,7 +70,9 @@ def _worker(index: int, ports: list[str]) -> dict:
                     loss = m.compute_loss(x, y, m(x, training=True))
                 return loss, [tf.convert_to_tensor(g) for g in tape.gradient(loss, m.trainable_variables)]
 
-            return tf.nest.map_structure(lambda v: strategy.reduce("SUM", v, axis=None), strategy.run(replica, args=(x, y)))
+            return tf.nest.map_structure(
+                lambda v: strategy.reduce("SUM", v, axis=None), strategy.run(replica, args=(x, y))
+            )
 
         loss, gradients = step(x, y)
         return float(loss), [g.numpy() for g in gradients]
@@ -112,7 +116,11 @@ def workers():
     env.pop("TF_CONFIG", None)
     procs = [
         subprocess.Popen(
-            [sys.executable, __file__, str(i), ports], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+            [sys.executable, __file__, str(i), ports],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
         )
         for i in range(2)
     ]

@@ -91,8 +91,9 @@ def test_reindex_that_keeps_the_count_makes_the_saved_index_stale(tmp_path, chan
         Image.new("RGB", (8, 8), (255, 0, 0)).save(root / "zzz.png")
     else:
         Image.new("RGB", (9, 9), (255, 0, 0)).save(root / "030.png")
-    update_index(tmp_path / "photos.h5", root, model_fingerprint="model-a", run_dir=str(tmp_path),
-                 embed=_embed, progress=False)
+    update_index(
+        tmp_path / "photos.h5", root, model_fingerprint="model-a", run_dir=str(tmp_path), embed=_embed, progress=False
+    )
     reindexed = ImageIndex.open(tmp_path / "photos.h5")
     assert len(reindexed) == len(index)
     with pytest.raises(IndexMismatchError, match="rebuild"):

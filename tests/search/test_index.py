@@ -31,25 +31,18 @@ OTHER_FINGERPRINT = "ffeeddccbbaa" + "9" * 52
 # -- helpers ----------------------------------------------------------------------
 
 
-def reference_search(
-    matrix: np.ndarray, queries: np.ndarray, k: int
-) -> tuple[np.ndarray, np.ndarray]:
+def reference_search(matrix: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-k by sorting every (-score, row) pair in Python, scores in float64."""
     scores_all, rows_all = [], []
     for query in np.atleast_2d(queries).astype(np.float64):
-        scored = sorted(
-            (-float(np.dot(row, query)), r)
-            for r, row in enumerate(matrix.astype(np.float64))
-        )
+        scored = sorted((-float(np.dot(row, query)), r) for r, row in enumerate(matrix.astype(np.float64)))
         best = scored[:k]
         scores_all.append([-s for s, _ in best])
         rows_all.append([r for _, r in best])
     return np.array(scores_all), np.array(rows_all)
 
 
-def write_index_file(
-    path: pathlib.Path, embeddings: np.ndarray, fingerprint: str = FINGERPRINT
-) -> None:
+def write_index_file(path: pathlib.Path, embeddings: np.ndarray, fingerprint: str = FINGERPRINT) -> None:
     """An index file of unit rows, written by the format's own writer (no images needed)."""
     n, dim = embeddings.shape
     files = [ImageFile(f"{i:05d}.jpg", f"/photos/{i:05d}.jpg", 0, 0) for i in range(n)]
@@ -81,9 +74,7 @@ class FakeEmbed:
     def embedded(self) -> list[str]:
         return [os.path.basename(p) for call in self.calls for p in call]
 
-    def __call__(
-        self, paths: list[str]
-    ) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
+    def __call__(self, paths: list[str]) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
         self.calls.append(list(paths))
         if self.interrupt_on_call == len(self.calls):
             raise KeyboardInterrupt
@@ -91,11 +82,7 @@ class FakeEmbed:
         for i, path in enumerate(paths):
             try:
                 with Image.open(path) as img:
-                    mean = (
-                        np.asarray(img.convert("RGB"), np.float32)
-                        .reshape(-1, 3)
-                        .mean(axis=0)
-                    )
+                    mean = np.asarray(img.convert("RGB"), np.float32).reshape(-1, 3).mean(axis=0)
             except (OSError, ValueError) as exc:
                 failures.append((path, f"cannot decode image ({exc})"))
                 continue
@@ -184,9 +171,7 @@ def test_exact_search_nan_row_ranks_last_and_hides_nothing():
     expected = reference_search(np.delete(matrix, 20, axis=0), q, 5)[1]
     expected[expected >= 20] += 1
     for block_rows in (7, 64):
-        np.testing.assert_array_equal(
-            exact_search(matrix, q, 5, block_rows=block_rows)[1], expected
-        )
+        np.testing.assert_array_equal(exact_search(matrix, q, 5, block_rows=block_rows)[1], expected)
     assert exact_search(matrix, q[:1], 50)[1][0, -1] == 20
 
 
@@ -196,9 +181,7 @@ def test_exact_search_rejects_bad_arguments():
         exact_search(matrix, np.zeros(4, np.float32), 0)
     with pytest.raises(ValueError, match="dimension"):
         exact_search(matrix, np.zeros(5, np.float32), 1)
-    scores, rows = exact_search(
-        np.zeros((0, 4), np.float32), np.zeros((2, 4), np.float32), 3
-    )
+    scores, rows = exact_search(np.zeros((0, 4), np.float32), np.zeros((2, 4), np.float32), 3)
     assert scores.shape == rows.shape == (2, 0)
 
 
@@ -208,9 +191,7 @@ def test_exact_search_streams_an_index_like_the_array(tmp_path):
     matrix[50] = matrix[10]  # a tie across blocks
     write_index_file(tmp_path / "index.h5", matrix)
     index = ImageIndex.open(tmp_path / "index.h5", model_fingerprint=FINGERPRINT)
-    q = np.concatenate(
-        [matrix[[10, 3]], rng.standard_normal((3, 12)).astype(np.float32)]
-    )
+    q = np.concatenate([matrix[[10, 3]], rng.standard_normal((3, 12)).astype(np.float32)])
     for block_rows in (7, 64, 65536):
         from_disk = exact_search(index, q, 9, block_rows=block_rows)
         in_memory = exact_search(matrix, q, 9, block_rows=block_rows)
@@ -304,27 +285,17 @@ def test_update_index_builds_then_only_embeds_what_changed(tmp_path, photos):
         4,
     )
     assert index.run_dir == str(tmp_path / "run")
-    assert (
-        index.mtime_ns.dtype == np.int64
-        and index.sizes[2] == (photos / "red.jpg").stat().st_size
-    )
+    assert index.mtime_ns.dtype == np.int64 and index.sizes[2] == (photos / "red.jpg").stat().st_size
     with h5py.File(index_path, "r") as f:
         assert f["embeddings"].dtype == np.float32 and f["embeddings"].chunks == (5, 4)
     # Mean colour is the stand-in's meaning: a red query finds the red photo.
     red = np.array([1.0, 0.0, 0.0, 0.5], np.float32)
-    assert (
-        index.ids[exact_search(index, red / np.linalg.norm(red), 1)[1][0, 0]]
-        == "red.jpg"
-    )
+    assert index.ids[exact_search(index, red / np.linalg.norm(red), 1)[1][0, 0]] == "red.jpg"
 
     embed.calls.clear()
     before = index_path.read_bytes()
     report = update(index_path, photos, embed)
-    assert (
-        embed.calls == []
-        and report.unchanged == 5
-        and report.added == report.updated == 0
-    )
+    assert embed.calls == [] and report.unchanged == 5 and report.added == report.updated == 0
     assert index_path.read_bytes() == before  # nothing changed, nothing written
 
     save_image(photos / "red.jpg", (0, 0, 10))  # now dark blue
@@ -350,33 +321,24 @@ def test_update_index_builds_then_only_embeds_what_changed(tmp_path, photos):
         "trips/yellow.gif",
     ]
     red_row = index.row_of("red.jpg")
-    assert (
-        index.embeddings([red_row])[0][2] > index.embeddings([red_row])[0][0]
-    )  # re-embedded: blue now
+    assert index.embeddings([red_row])[0][2] > index.embeddings([red_row])[0][0]  # re-embedded: blue now
     assert index.mtime_ns[red_row] == (photos / "red.jpg").stat().st_mtime_ns
     assert leftovers(tmp_path) == []
 
 
-def test_update_index_reports_corrupt_images_and_picks_them_up_once_fixed(
-    tmp_path, photos
-):
+def test_update_index_reports_corrupt_images_and_picks_them_up_once_fixed(tmp_path, photos):
     index_path = tmp_path / "index.h5"
     (photos / "broken.jpg").write_bytes(b"this is not a jpeg")
     report = update(index_path, photos, FakeEmbed())
     assert report.added == 5 and len(report.failures) == 1
-    assert (
-        report.failures[0][0] == str(photos / "broken.jpg")
-        and "could not be read" in report.summary()
-    )
+    assert report.failures[0][0] == str(photos / "broken.jpg") and "could not be read" in report.summary()
     assert ImageIndex.open(index_path).row_of("broken.jpg") is None
 
     save_image(photos / "broken.jpg", (10, 20, 30))
     bump_mtime(photos / "broken.jpg")
     embed = FakeEmbed()
     report = update(index_path, photos, embed)
-    assert (
-        embed.embedded == ["broken.jpg"] and report.added == 1 and report.failures == []
-    )
+    assert embed.embedded == ["broken.jpg"] and report.added == 1 and report.failures == []
     assert ImageIndex.open(index_path).row_of("broken.jpg") is not None
 
 
@@ -388,11 +350,7 @@ def test_index_of_another_model_is_refused(tmp_path, photos):
     with pytest.raises(IndexMismatchError) as caught:
         ImageIndex.open(index_path, model_fingerprint=OTHER_FINGERPRINT)
     message = str(caught.value)
-    assert (
-        str(index_path) in message
-        and "a1b2c3d4e5f6" in message
-        and "ffeeddccbbaa" in message
-    )
+    assert str(index_path) in message and "a1b2c3d4e5f6" in message and "ffeeddccbbaa" in message
     assert FINGERPRINT not in message  # shortened
     assert "--out" in message and isinstance(caught.value, DeviseError)
 

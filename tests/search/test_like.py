@@ -67,8 +67,20 @@ def test_cli_like_returns_the_photo_first(small_index, capsys):
         body = json.loads(capsys.readouterr().out)
         assert body["results"][0]["id"] == engine.index.ids[row]
     # Text and a photo and a negative term, with a threshold: never a score below it.
-    argv = ["--index", str(out), "--like", engine.index.paths[0], "a red circle", "--not", "a blue square",
-            "--min-score", "0.3", "--json", "-k", "40"]
+    argv = [
+        "--index",
+        str(out),
+        "--like",
+        engine.index.paths[0],
+        "a red circle",
+        "--not",
+        "a blue square",
+        "--min-score",
+        "0.3",
+        "--json",
+        "-k",
+        "40",
+    ]
     assert search_cli.main(argv) == 0
     body = json.loads(capsys.readouterr().out)
     assert all(r["score"] >= 0.3 for r in body["results"])

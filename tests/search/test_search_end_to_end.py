@@ -157,11 +157,19 @@ def test_annotate_ranks_captions_for_a_photo(indexed, tmp_path, capsys):
     colour, shape = record.category.split("_")
     candidates = tmp_path / "captions.txt"
     candidates.write_text(
-        "\n".join(f"a {c} {s}" for c in ("red", "green", "blue", "yellow")
-                  for s in ("circle", "square", "triangle", "star", "cross")) + "\n"
+        "\n".join(
+            f"a {c} {s}"
+            for c in ("red", "green", "blue", "yellow")
+            for s in ("circle", "square", "triangle", "star", "cross")
+        )
+        + "\n"
     )
-    assert search_cli.main(["--run", str(run), "--image", record.image_path, "--captions", str(candidates),
-                            "-k", "20", "--json"]) == 0
+    assert (
+        search_cli.main(
+            ["--run", str(run), "--image", record.image_path, "--captions", str(candidates), "-k", "20", "--json"]
+        )
+        == 0
+    )
     results = json.loads(capsys.readouterr().out)["results"]
     assert len(results) == 20
     top = [r["caption"] for r in results[:10]]

@@ -81,7 +81,12 @@ def test_ints_are_accepted_for_floats_and_null_for_optionals():
 
 def test_overrides_apply_with_yaml_values_and_are_checked():
     config = load_config(None, ["trainer.epochs=3", "model.joint_dim=64", "word_vectors.path=null", "name=x y"])
-    assert (config.trainer.epochs, config.model.joint_dim, config.word_vectors.path, config.name) == (3, 64, None, "x y")
+    assert (config.trainer.epochs, config.model.joint_dim, config.word_vectors.path, config.name) == (
+        3,
+        64,
+        None,
+        "x y",
+    )
     with pytest.raises(ConfigError, match="trainer.epochs: expected int"):
         load_config(None, ["trainer.epochs=many"])
     with pytest.raises(ConfigError, match="did you mean 'model.joint_dim'"):
@@ -156,7 +161,14 @@ def test_numbers_outside_their_range_are_refused_with_the_key(override, fragment
 
 def test_range_edges_and_null_optionals_are_accepted():
     config = load_config(
-        None, ["trainer.epochs=0", "loss.margin=0", "model.text_dropout=0.5", "trainer.clip_norm=null", "word_vectors.dim=null"]
+        None,
+        [
+            "trainer.epochs=0",
+            "loss.margin=0",
+            "model.text_dropout=0.5",
+            "trainer.clip_norm=null",
+            "word_vectors.dim=null",
+        ],
     )
     assert (config.trainer.epochs, config.loss.margin, config.trainer.clip_norm) == (0, 0.0, None)
 
@@ -248,7 +260,9 @@ def test_a_file_with_a_huge_integer_names_the_file_and_key(tmp_path):
         load_config(config)
     assert str(err.value).startswith(f"{config}: trainer.batch_size: expected int from 1 to 1000000")
     config.write_text("trainer:\n  seed: 0x" + "f" * 5000 + "\n")  # past Python's 4300-digit str() limit
-    with pytest.raises(ConfigError, match=r"huge\.yaml: trainer\.seed: must be <= 4294967295, got <an integer of 20000 bits>"):
+    with pytest.raises(
+        ConfigError, match=r"huge\.yaml: trainer\.seed: must be <= 4294967295, got <an integer of 20000 bits>"
+    ):
         load_config(config)
 
 

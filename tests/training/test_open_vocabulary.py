@@ -17,7 +17,9 @@ from devise.errors import QueryError
 def test_demo_model_understands_words_absent_from_its_captions(tiny_run):
     model = devise.DeViSEModel.load(tiny_run)
     captions = " ".join(
-        line for path in (tiny_run.parent / "shapes" / "sentence").rglob("*.txt") for line in path.read_text().splitlines()
+        line
+        for path in (tiny_run.parent / "shapes" / "sentence").rglob("*.txt")
+        for line in path.read_text().splitlines()
     )
     seen = set(re.findall(r"[a-z']+", captions.lower()))
     assert not {"dog", "cat", "coffee"} & seen  # the queries below use only words the demo never saw

@@ -21,7 +21,12 @@ RECIPES = {
         "model.standardize_features=true",
     ],
     # Hardest-negative training starts slowly (one violator per row): it gets more epochs.
-    "bilstm-hardest": ["model.text_encoder=bilstm", "loss.negatives=hardest", "model.lstm_units=32", "trainer.epochs=8"],
+    "bilstm-hardest": [
+        "model.text_encoder=bilstm",
+        "loss.negatives=hardest",
+        "model.lstm_units=32",
+        "trainer.epochs=8",
+    ],
     "mean-float16": ["model.text_encoder=mean", "word_vectors.dtype=float16"],
     "regression": ["loss.kind=regression", "model.standardize_features=true"],
 }

@@ -148,12 +148,16 @@ def test_a_run_killed_after_its_last_epoch_finishes_without_training(interrupted
     assert (run / COMPLETE_FILE).exists() and not (run / "resume").exists()
 
 
-def test_a_checkpoint_of_another_config_is_refused_before_anything_is_overwritten(interrupted_run, noisy_recipe, tmp_path):
+def test_a_checkpoint_of_another_config_is_refused_before_anything_is_overwritten(
+    interrupted_run, noisy_recipe, tmp_path
+):
     _, stopped, base = interrupted_run
     run = shutil.copytree(stopped, tmp_path / "run")
     before = (run / "config.yaml").read_text()
     with pytest.raises(CheckpointError, match="different config"):
-        devise.Trainer(noisy_recipe(base / "a", **{"trainer.learning_rate": 0.01}), run_dir=str(run), verbose=False).run()
+        devise.Trainer(
+            noisy_recipe(base / "a", **{"trainer.learning_rate": 0.01}), run_dir=str(run), verbose=False
+        ).run()
     assert (run / "config.yaml").read_text() == before
 
 

@@ -19,8 +19,10 @@ def zeroshot_run(tiny_run, tmp_path_factory, repo_root):
     base = tmp_path_factory.mktemp("zeroshot")
     shutil.copytree(tiny_run.parent / "cache", base / "cache")
     args = [
-        "--config", str(repo_root / "configs" / "zeroshot.yaml"),
-        "--run-dir", str(base / "run"),
+        "--config",
+        str(repo_root / "configs" / "zeroshot.yaml"),
+        "--run-dir",
+        str(base / "run"),
         f"data.root={tiny_run.parent / 'shapes' / 'dataset'}",
         f"zeroshot.unseen=[{', '.join(UNSEEN)}]",
         "image_encoder.resize=crop",  # the tiny run's cached features
@@ -91,8 +93,10 @@ def test_a_class_without_a_word_vector_stops_the_run_before_any_feature(tmp_path
             (tmp_path / "classes" / name).mkdir(parents=True, exist_ok=True)
             Image.new("RGB", (32, 32), (i * 50, 0, 0)).save(tmp_path / "classes" / name / f"{i}.png")
     args = [
-        "--config", str(repo_root / "configs" / "zeroshot.yaml"),
-        "--run-dir", str(tmp_path / "run"),
+        "--config",
+        str(repo_root / "configs" / "zeroshot.yaml"),
+        "--run-dir",
+        str(tmp_path / "run"),
         f"data.root={tmp_path / 'classes'}",
         f"image_encoder.cache_dir={tmp_path / 'cache'}",
     ]

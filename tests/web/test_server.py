@@ -104,12 +104,20 @@ def test_more_like_this_combined_queries_and_filters_match_the_python_api(server
         assert status == 200 and body["query"] is None and body["like_rows"] == [row]
         assert body["results"][0]["row"] == row  # an image is most like itself
     folder = engine.index.ids[3].split("/")[0]
-    params = [("q", "a red circle"), ("like_row", "3"), ("not", "a blue square"), ("not_weight", "0.5"),
-              ("under", folder), ("min_score", "0.1"), ("k", "10")]
+    params = [
+        ("q", "a red circle"),
+        ("like_row", "3"),
+        ("not", "a blue square"),
+        ("not_weight", "0.5"),
+        ("under", folder),
+        ("min_score", "0.1"),
+        ("k", "10"),
+    ]
     status, body = get_json(server, "/api/search?" + urllib.parse.urlencode(params))
     assert status == 200, body
-    expected = engine.search("a red circle", k=10, like_rows=[3], not_=["a blue square"], not_weight=0.5,
-                             under=[folder], min_score=0.1)
+    expected = engine.search(
+        "a red circle", k=10, like_rows=[3], not_=["a blue square"], not_weight=0.5, under=[folder], min_score=0.1
+    )
     assert body["results"] and [r["id"] for r in body["results"]] == [h.id for h in expected]
     assert all(r["score"] >= 0.1 and r["id"].startswith(folder + "/") for r in body["results"])
     status, body = get_json(server, "/api/search?q=red&since=2000-01-01&until=2000-01-02")

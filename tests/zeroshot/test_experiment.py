@@ -119,9 +119,7 @@ def test_methods_subset_and_input_checks():
     vectors = label_vectors(NAMES, words).vectors
     train_x, train_y = features[~is_test], labels[~is_test]
     test_x, test_y = features[is_test], labels[is_test]
-    few = run_zeroshot_methods(
-        train_x, train_y, test_x, test_y, NAMES, vectors, UNSEEN, epochs=1, methods=["softmax"]
-    )
+    few = run_zeroshot_methods(train_x, train_y, test_x, test_y, NAMES, vectors, UNSEEN, epochs=1, methods=["softmax"])
     assert list(few["methods"]) == ["softmax"] and not math.isnan(few["methods"]["softmax"]["seen_hit@1"])
 
     with pytest.raises(DeviseError, match="did you mean 'class05'"):

@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.labels is not None:
         labels = [label.strip() for label in args.labels.split(",") if label.strip()]
         if not labels:
-            parser.error("--labels: no label given (comma-separated, e.g. \"cat,dog\")")
+            parser.error('--labels: no label given (comma-separated, e.g. "cat,dog")')
     quiet_tensorflow()
 
     def body() -> int:
@@ -78,8 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(out, indent=2, ensure_ascii=False))
         else:
             for label, words in unknown.items():
-                print(f"{PROG}: note: label {label!r}: no word vector for {', '.join(map(repr, words))}; ignored",
-                      file=sys.stderr)
+                print(
+                    f"{PROG}: note: label {label!r}: no word vector for {', '.join(map(repr, words))}; ignored",
+                    file=sys.stderr,
+                )
             for photo, hits in zip(args.photos, ranked):
                 if hits is None:
                     continue

@@ -60,9 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     def common(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--dest", required=True, help="folder to download into")
         sub.add_argument("--retries", type=_whole_number(0), default=3, help="extra attempts per file (default 3)")
-        sub.add_argument(
-            "--timeout", type=_seconds, default=30.0, help="seconds per connection and read (default 30)"
-        )
+        sub.add_argument("--timeout", type=_seconds, default=30.0, help="seconds per connection and read (default 30)")
         sub.add_argument("--quiet", action="store_true", help="no progress bar")
 
     pascal = commands.add_parser(
@@ -81,9 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Download a GloVe zip archive into DEST and check it.",
     )
     common(glove)
-    glove.add_argument(
-        "--variant", default="6B", choices=sorted(GLOVE_VARIANTS), help="which archive (default 6B)"
-    )
+    glove.add_argument("--variant", default="6B", choices=sorted(GLOVE_VARIANTS), help="which archive (default 6B)")
     glove.add_argument("--dim", type=int, help="the vector size you will use (checked against the variant)")
     glove.add_argument("--url", help="download from this mirror instead of Stanford")
     return parser

@@ -49,21 +49,37 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PHOTO",
         help="rank by similarity to this photo (repeatable); a photo already in the index is not decoded again",
     )
-    query.add_argument("--not", dest="not_", action="append", default=[], metavar="TEXT", help="steer away from this text (repeatable)")
-    query.add_argument("--text-weight", type=float, default=1.0, metavar="W", help="weight of the text query (default 1)")
-    query.add_argument("--like-weight", type=float, default=1.0, metavar="W", help="weight of each --like photo (default 1)")
-    query.add_argument("--not-weight", type=float, default=1.0, metavar="W", help="weight of each --not term (default 1)")
+    query.add_argument(
+        "--not", dest="not_", action="append", default=[], metavar="TEXT", help="steer away from this text (repeatable)"
+    )
+    query.add_argument(
+        "--text-weight", type=float, default=1.0, metavar="W", help="weight of the text query (default 1)"
+    )
+    query.add_argument(
+        "--like-weight", type=float, default=1.0, metavar="W", help="weight of each --like photo (default 1)"
+    )
+    query.add_argument(
+        "--not-weight", type=float, default=1.0, metavar="W", help="weight of each --not term (default 1)"
+    )
     filters = parser.add_argument_group(
         "filters", "applied inside the top-k search: the result is the true top k of the matching photos"
     )
-    filters.add_argument("--min-score", type=float, metavar="S", help="drop results scoring below S (fewer than k may remain)")
     filters.add_argument(
-        "--under", action="append", default=[], metavar="FOLDER", help="only photos in this folder of the index (repeatable)"
+        "--min-score", type=float, metavar="S", help="drop results scoring below S (fewer than k may remain)"
+    )
+    filters.add_argument(
+        "--under",
+        action="append",
+        default=[],
+        metavar="FOLDER",
+        help="only photos in this folder of the index (repeatable)",
     )
     filters.add_argument(
         "--since", metavar="DATE", help="only photos modified on or after DATE (YYYY-MM-DD local day, or ISO date-time)"
     )
-    filters.add_argument("--until", metavar="DATE", help="only photos modified on or before DATE (a day counts to its end)")
+    filters.add_argument(
+        "--until", metavar="DATE", help="only photos modified on or before DATE (a day counts to its end)"
+    )
     parser.add_argument("-k", type=int, default=10, help="number of results (default 10)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument(
@@ -117,12 +133,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("give a text query and/or --like PHOTO with --index, or --image (with --run or --index)")
     combined = args.like or args.not_ or args.under or args.since or args.until or args.min_score is not None
     if args.image is not None and combined:
-        parser.error("--like, --not, --under, --since, --until and --min-score search an index; they do not go with --image")
+        parser.error(
+            "--like, --not, --under, --since, --until and --min-score search an index; they do not go with --image"
+        )
     for photo in args.like:  # before the (slow) model load
         if not os.path.isfile(photo):
             parser.error(f"--like {photo}: no such photo file")
     if args.approximate and (args.under or args.since or args.until):
-        parser.error("--under, --since and --until need the exact search (FAISS cannot filter inside its top-k); drop --approximate")
+        parser.error(
+            "--under, --since and --until need the exact search (FAISS cannot filter inside its top-k); drop --approximate"
+        )
     for name in ("text_weight", "like_weight", "not_weight"):
         value = getattr(args, name)
         if not (value >= 0 and value < float("inf")):

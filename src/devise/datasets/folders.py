@@ -41,9 +41,7 @@ DEFAULT_SPLIT_FRACTIONS: Mapping[str, float] = types.MappingProxyType({"train": 
 
 _EXPECTED_LAYOUT = (
     "expected one folder per class, <root>/<class>/<image>, or split folders, "
-    "<root>/{train,val,test}/<class>/<image> (images: "
-    + ", ".join(sorted(CLASS_FOLDER_IMAGE_EXTENSIONS))
-    + ")"
+    "<root>/{train,val,test}/<class>/<image> (images: " + ", ".join(sorted(CLASS_FOLDER_IMAGE_EXTENSIONS)) + ")"
 )
 
 
@@ -346,9 +344,7 @@ def class_images_by_split(images: Sequence[ClassImage]) -> dict[str, list[ClassI
     splits: dict[str, list[ClassImage]] = {name: [] for name in SPLIT_NAMES}
     for image in images:
         if image.split is None:
-            raise DeviseError(
-                f"image {image.image_id!r} has no split; split the images first with split_class_images"
-            )
+            raise DeviseError(f"image {image.image_id!r} has no split; split the images first with split_class_images")
         if image.split not in splits:
             raise DeviseError(f"image {image.image_id!r} has split {image.split!r}; expected one of {SPLIT_NAMES}")
         splits[image.split].append(image)

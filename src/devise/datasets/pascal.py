@@ -57,10 +57,7 @@ SENTENCE_EXTENSION = ".txt"
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
-_EXPECTED_LAYOUT = (
-    f"{IMAGE_DIR}/<category>/<stem>.jpg and {SENTENCE_DIR}/<category>/<stem>.txt "
-    "(one caption per line)"
-)
+_EXPECTED_LAYOUT = f"{IMAGE_DIR}/<category>/<stem>.jpg and {SENTENCE_DIR}/<category>/<stem>.txt (one caption per line)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,9 +123,7 @@ def read_pascal_sentences(
     records: list[CaptionRecord] = []
     for category in categories:
         images = _files_by_stem(image_root / category, IMAGE_EXTENSIONS, record_problem)
-        sentences = _files_by_stem(
-            sentence_root / category, frozenset({SENTENCE_EXTENSION}), record_problem
-        )
+        sentences = _files_by_stem(sentence_root / category, frozenset({SENTENCE_EXTENSION}), record_problem)
         for stem in sorted(set(images) | set(sentences)):
             image_path = images.get(stem)
             sentence_path = sentences.get(stem)
@@ -207,15 +202,11 @@ def check_pascal_layout(root: str | os.PathLike) -> None:
         raise MissingResourcesError([f"Pascal Sentences folder {root} does not exist; {how_to_get}"])
     missing = [str(root / name) for name in (IMAGE_DIR, SENTENCE_DIR) if not (root / name).is_dir()]
     if missing:
-        raise MissingResourcesError(
-            [f"Pascal Sentences folder {' and '.join(missing)} missing; {how_to_get}"]
-        )
+        raise MissingResourcesError([f"Pascal Sentences folder {' and '.join(missing)} missing; {how_to_get}"])
 
 
 def _subdirectories(folder: pathlib.Path) -> list[str]:
-    return [
-        entry.name for entry in os.scandir(folder) if entry.is_dir() and not entry.name.startswith(".")
-    ]
+    return [entry.name for entry in os.scandir(folder) if entry.is_dir() and not entry.name.startswith(".")]
 
 
 def _files_by_stem(

@@ -318,9 +318,7 @@ def download_pascal(
     page = fetch_bytes(url, retries=retries, timeout=timeout, backoff=backoff)
     entries = parse_pascal_page(_decode_page(page), url)
     if not entries:
-        raise DownloadError(
-            url, "the page lists no images (expected <img src=\"<category>/<file>.jpg\"> rows)"
-        )
+        raise DownloadError(url, 'the page lists no images (expected <img src="<category>/<file>.jpg"> rows)')
 
     if progress is True:
         bar = ProgressBar("Pascal images")

@@ -87,9 +87,7 @@ def build_embedding_matrix(
         ValueError: unknown ``oov`` policy, or a bad ``reserved``.
     """
     if oov not in OOV_POLICIES:
-        raise ValueError(
-            f"unknown OOV policy {oov!r}; valid policies: {', '.join(map(repr, OOV_POLICIES))}"
-        )
+        raise ValueError(f"unknown OOV policy {oov!r}; valid policies: {', '.join(map(repr, OOV_POLICIES))}")
     if not 0 <= reserved <= len(vocabulary):
         raise ValueError(f"reserved must be between 0 and {len(vocabulary)}, got {reserved}")
     if oov == "unk" and reserved < 2:

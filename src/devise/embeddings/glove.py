@@ -72,9 +72,7 @@ def _check_path(path: Path) -> None:
 MEMBER_SEPARATOR = "::"
 
 
-def split_zip_member(
-    path: str | os.PathLike, member: str | None = None
-) -> tuple[Path, str | None]:
+def split_zip_member(path: str | os.PathLike, member: str | None = None) -> tuple[Path, str | None]:
     """Split the ``archive.zip::member.txt`` spelling of a word-vector source.
 
     Args:
@@ -102,8 +100,7 @@ def split_zip_member(
             )
         if member is not None and member != inner:
             raise DataFormatError(
-                f"{path} names member {inner!r} but member={member!r} was also given; "
-                "give the member one way only"
+                f"{path} names member {inner!r} but member={member!r} was also given; give the member one way only"
             )
         member = inner
     return Path(text), member
@@ -127,9 +124,7 @@ def _pick_member(archive: Path, names: Sequence[str], member: str | None, dim: i
         by_base = [n for n in names if n.rsplit("/", 1)[-1] == member]
         if len(by_base) == 1:
             return by_base[0]
-        raise MissingResourcesError(
-            [f"zip member: {archive} has no member {member!r}; it holds: {listing}"]
-        )
+        raise MissingResourcesError([f"zip member: {archive} has no member {member!r}; it holds: {listing}"])
     texts = [n for n in names if n.lower().endswith(".txt") and not n.startswith("__MACOSX/")]
     if len(texts) == 1:
         return texts[0]
@@ -141,12 +136,7 @@ def _pick_member(archive: Path, names: Sequence[str], member: str | None, dim: i
             return matching[0]
         if not matching:
             raise MissingResourcesError(
-                [
-                    (
-                        f"zip member: {archive} has no *.{dim}d.txt member for dim={dim}; "
-                        f"it holds: {', '.join(texts)}"
-                    )
-                ]
+                [(f"zip member: {archive} has no *.{dim}d.txt member for dim={dim}; it holds: {', '.join(texts)}")]
             )
         texts = matching
     raise DataFormatError(
@@ -155,9 +145,7 @@ def _pick_member(archive: Path, names: Sequence[str], member: str | None, dim: i
     )
 
 
-def choose_zip_member(
-    path: str | os.PathLike, member: str | None = None, dim: int | None = None
-) -> str:
+def choose_zip_member(path: str | os.PathLike, member: str | None = None, dim: int | None = None) -> str:
     """Which member of a zip archive :func:`load_glove_text` would read.
 
     Args:

@@ -52,8 +52,7 @@ class GloveVariant:
         """The text file inside the archive holding ``dim``-d vectors."""
         if dim not in self.dims:
             raise ConfigError(
-                f"GloVe {self.name} has no {dim}-d vectors; choose one of "
-                f"{', '.join(map(str, self.dims))}"
+                f"GloVe {self.name} has no {dim}-d vectors; choose one of {', '.join(map(str, self.dims))}"
             )
         return self.member_pattern.format(dim=dim)
 
@@ -62,15 +61,9 @@ class GloveVariant:
 
 
 GLOVE_VARIANTS: dict[str, GloveVariant] = {
-    "6B": GloveVariant(
-        "6B", "https://nlp.stanford.edu/data/glove.6B.zip", (50, 100, 200, 300), "glove.6B.{dim}d.txt"
-    ),
-    "42B": GloveVariant(
-        "42B", "https://nlp.stanford.edu/data/glove.42B.300d.zip", (300,), "glove.42B.{dim}d.txt"
-    ),
-    "840B": GloveVariant(
-        "840B", "https://nlp.stanford.edu/data/glove.840B.300d.zip", (300,), "glove.840B.{dim}d.txt"
-    ),
+    "6B": GloveVariant("6B", "https://nlp.stanford.edu/data/glove.6B.zip", (50, 100, 200, 300), "glove.6B.{dim}d.txt"),
+    "42B": GloveVariant("42B", "https://nlp.stanford.edu/data/glove.42B.300d.zip", (300,), "glove.42B.{dim}d.txt"),
+    "840B": GloveVariant("840B", "https://nlp.stanford.edu/data/glove.840B.300d.zip", (300,), "glove.840B.{dim}d.txt"),
     "twitter.27B": GloveVariant(
         "twitter.27B",
         "https://nlp.stanford.edu/data/glove.twitter.27B.zip",
@@ -85,9 +78,7 @@ def glove_variant(name: str) -> GloveVariant:
     try:
         return GLOVE_VARIANTS[name]
     except KeyError:
-        raise ConfigError(
-            f"unknown GloVe variant {name!r}; choose one of {', '.join(GLOVE_VARIANTS)}"
-        ) from None
+        raise ConfigError(f"unknown GloVe variant {name!r}; choose one of {', '.join(GLOVE_VARIANTS)}") from None
 
 
 def check_glove_zip(path: str | os.PathLike, members: Sequence[str]) -> None:
@@ -109,9 +100,7 @@ def check_glove_zip(path: str | os.PathLike, members: Sequence[str]) -> None:
             missing = [name for name in members if name not in infos]
             if missing:
                 listed = ", ".join(sorted(infos)[:10]) or "nothing"
-                raise DataFormatError(
-                    f"{path}: zip lacks {', '.join(missing)} (it holds: {listed})"
-                )
+                raise DataFormatError(f"{path}: zip lacks {', '.join(missing)} (it holds: {listed})")
             for name in members:
                 info = infos[name]
                 if info.file_size == 0:
@@ -122,8 +111,7 @@ def check_glove_zip(path: str | os.PathLike, members: Sequence[str]) -> None:
                     member.read(1024)
     except DataFormatError:
         raise
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError,
-            NotImplementedError) as exc:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
         raise DataFormatError(f"{path}: not a valid zip archive ({exc})") from None
 
 

@@ -52,8 +52,7 @@ def load_offline_glove_50d(*, vocabulary: Iterable[str] | None = None) -> WordVe
     table = np.load(emb_path, mmap_mode="r")
     if table.shape != (len(all_words), 50):
         raise DataFormatError(
-            f"{emb_path}: shape {table.shape} does not match the {len(all_words)} "
-            f"words of {index_path}"
+            f"{emb_path}: shape {table.shape} does not match the {len(all_words)} words of {index_path}"
         )
 
     if vocabulary is None:

@@ -78,9 +78,7 @@ def vocabulary_digest(vocabulary: Iterable[str] | None) -> str:
     return h.hexdigest()
 
 
-def _resolve_source(
-    path: str | os.PathLike, member: str | None, dim: int | None, fmt: str
-) -> tuple[Path, str | None]:
+def _resolve_source(path: str | os.PathLike, member: str | None, dim: int | None, fmt: str) -> tuple[Path, str | None]:
     if fmt == "glove":
         source, member = split_zip_member(path, member)
         if source.is_file() and is_zip_source(source, member):
@@ -156,9 +154,7 @@ def _write_entry(file: Path, key: dict[str, Any], result: WordVectorsLoadResult)
         np.savez(handle, vectors=result.vectors.vectors, meta=blob)
 
 
-def _in_vocabulary_order(
-    words: list[str], vectors: np.ndarray, vocabulary: list[str] | None
-) -> WordVectors:
+def _in_vocabulary_order(words: list[str], vectors: np.ndarray, vocabulary: list[str] | None) -> WordVectors:
     """The cached rows in the order of ``vocabulary`` (the key ignores order)."""
     if vocabulary is None:
         return WordVectors(words, vectors)

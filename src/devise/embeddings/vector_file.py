@@ -231,9 +231,7 @@ class VectorCollector:
         """
         if self.good == 0 or dim is None or (self.buffer is None and self.wanted is None):
             detail = f" (first problem: {log.issues[0]})" if log.issues else ""
-            raise DataFormatError(
-                f"{log.shown}: no valid word vectors found in {lines_read} {unit}(s){detail}"
-            )
+            raise DataFormatError(f"{log.shown}: no valid word vectors found in {lines_read} {unit}(s){detail}")
         # A valid file that simply shares no word with the vocabulary gives an
         # empty table; the OOV report of build_embedding_matrix will say so.
         data = self.buffer.finish() if self.buffer is not None else np.empty((0, dim), np.float32)

@@ -31,9 +31,7 @@ class WordVectors:
         if self.vectors.ndim != 2:
             raise ValueError(f"vectors must be 2-D (words, dim), got shape {self.vectors.shape}")
         if self.vectors.shape[0] != len(self.words):
-            raise ValueError(
-                f"{len(self.words)} words but {self.vectors.shape[0]} vector rows"
-            )
+            raise ValueError(f"{len(self.words)} words but {self.vectors.shape[0]} vector rows")
 
     @property
     def dim(self) -> int:

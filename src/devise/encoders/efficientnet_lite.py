@@ -115,9 +115,7 @@ def build_efficientnet_lite0(*, include_top: bool = False, name: str = "efficien
             x = keras.layers.Conv2D(c_in * expand, 1, use_bias=False, name=f"{p}_expand_conv")(x)
             x = _relu6(_bn(x, f"{p}_expand_bn"), f"{p}_expand_relu")
         x, padding = _pad(x, kernel, stride, f"{p}_dw")
-        x = keras.layers.DepthwiseConv2D(
-            kernel, strides=stride, padding=padding, use_bias=False, name=f"{p}_dwconv"
-        )(x)
+        x = keras.layers.DepthwiseConv2D(kernel, strides=stride, padding=padding, use_bias=False, name=f"{p}_dwconv")(x)
         x = _relu6(_bn(x, f"{p}_dw_bn"), f"{p}_dw_relu")
         x = keras.layers.Conv2D(c_out, 1, use_bias=False, name=f"{p}_project_conv")(x)
         x = _bn(x, f"{p}_project_bn")

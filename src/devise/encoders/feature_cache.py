@@ -135,7 +135,9 @@ class FeatureCache:
                     "its features may be stale) is not trusted"
                 )
             if version != FORMAT_VERSION:
-                raise _Untrusted(f"feature cache format {version} is not format {FORMAT_VERSION}, the one this devise reads")
+                raise _Untrusted(
+                    f"feature cache format {version} is not format {FORMAT_VERSION}, the one this devise reads"
+                )
             # Reading a dataset checks its fletcher32 checksums (OSError on a mismatch).
             data = {name: f[name][()] for name in _DATASETS}
         n = len(data["paths"])

@@ -84,6 +84,7 @@ class _Frozen:
     def __setstate__(self, state):
         raise pickle.UnpicklingError(f"the pickle modifies a {type(self).__name__.lstrip('_')} (BUILD)")
 
+
 # Storage type name -> numpy dtype (little-endian form; flipped if the file
 # says it was written on a big-endian machine). bfloat16 has no numpy dtype:
 # it is read as uint16 and widened to float32.
@@ -237,9 +238,7 @@ def _read_storages(f, raw: bytes, path: str, keys, storages: dict[str, _StorageR
         (count,) = struct.unpack_from("<q", raw, pos)
         pos += 8
         if count != ref.numel:
-            raise DataFormatError(
-                f"{path}: storage {_shown(key)} holds {count} elements, {ref.numel} were announced"
-            )
+            raise DataFormatError(f"{path}: storage {_shown(key)} holds {count} elements, {ref.numel} were announced")
         dtype = np.dtype(_STORAGE_DTYPES[ref.storage_type.name])
         if not little_endian:
             dtype = dtype.newbyteorder(">")

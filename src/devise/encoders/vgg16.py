@@ -10,9 +10,7 @@ from devise.encoders.feature_extractor import FeatureExtractor, weights_file_dig
 from devise.errors import DataFormatError, MissingResourcesError
 
 VGG16_WEIGHTS_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels.h5"
-VGG16_WEIGHTS_URL = (
-    "https://storage.googleapis.com/tensorflow/keras-applications/vgg16/" + VGG16_WEIGHTS_FILE
-)
+VGG16_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/vgg16/" + VGG16_WEIGHTS_FILE
 #: MD5 of the published file, the hash Keras checks downloads against.
 VGG16_WEIGHTS_MD5 = "64373286793e3c8b2b4e3219cbf3544b"
 # Caffe-style preprocessing the ImageNet weights were trained with (BGR order).

@@ -181,7 +181,5 @@ class HingeRankLoss(keras.losses.Loss):
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            margin=self.margin, negatives=self.negatives, directions=self.directions, seed=self.seed
-        )
+        config.update(margin=self.margin, negatives=self.negatives, directions=self.directions, seed=self.seed)
         return config

@@ -43,9 +43,7 @@ class ApproximateIndex:
     ```
     """
 
-    def __init__(
-        self, faiss_index, model_fingerprint: str, size: int, nprobe: int = 16, rows_digest: str = ""
-    ):
+    def __init__(self, faiss_index, model_fingerprint: str, size: int, nprobe: int = 16, rows_digest: str = ""):
         self.faiss_index = faiss_index
         self.model_fingerprint = model_fingerprint
         self.size = size
@@ -99,9 +97,7 @@ class ApproximateIndex:
         index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(seed)
         sample_rows = np.sort(rng.choice(n, size=min(n, max(train_size, nlist * 39)), replace=False))
-        sample = (
-            source.embeddings(sample_rows) if isinstance(source, ImageIndex) else source[sample_rows]
-        )
+        sample = source.embeddings(sample_rows) if isinstance(source, ImageIndex) else source[sample_rows]
         index.train(np.ascontiguousarray(sample, dtype=np.float32))
         for _, block in blocks:
             index.add(np.ascontiguousarray(block, dtype=np.float32))
@@ -167,9 +163,7 @@ class ApproximateIndex:
                 f"{path}: approximate index was built from other rows than {image_index.path} holds now "
                 "(images were replaced or changed since); rebuild it after re-indexing"
             )
-        return cls(
-            faiss_index, meta["model_fingerprint"], meta["size"], meta.get("nprobe", 16), meta["rows_digest"]
-        )
+        return cls(faiss_index, meta["model_fingerprint"], meta["size"], meta.get("nprobe", 16), meta["rows_digest"])
 
 
 def rows_digest(image_index: ImageIndex) -> str:

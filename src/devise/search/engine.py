@@ -91,8 +91,7 @@ class SearchEngine:
     ):
         if extractor.fingerprint() != model.image_fingerprint and model.image_fingerprint:
             raise DeviseError(
-                f"the model was trained on '{model.image_fingerprint}' features, "
-                f"not '{extractor.fingerprint()}'"
+                f"the model was trained on '{model.image_fingerprint}' features, not '{extractor.fingerprint()}'"
             )
         self.model = model
         self.extractor = extractor
@@ -119,8 +118,7 @@ class SearchEngine:
             if not opened.run_dir:
                 # An empty run_dir would resolve to the current folder.
                 raise DeviseError(
-                    f"{opened.path}: the index does not record the run that built it; "
-                    "give the run directory (--run)"
+                    f"{opened.path}: the index does not record the run that built it; give the run directory (--run)"
                 )
             run_dir = opened.run_dir
         run_dir = os.fspath(run_dir)
@@ -146,9 +144,7 @@ class SearchEngine:
         if isinstance(index, ImageIndex):
             # Reopening would re-read every id and path: millions on a large index.
             if index.model_fingerprint != self.fingerprint:
-                raise IndexMismatchError.for_index(
-                    index.path, index.model_fingerprint, self.fingerprint, index.run_dir
-                )
+                raise IndexMismatchError.for_index(index.path, index.model_fingerprint, self.fingerprint, index.run_dir)
             self.index = index
         else:
             self.index = ImageIndex.open(index, model_fingerprint=self.fingerprint)
@@ -449,7 +445,8 @@ class SearchEngine:
         scores, rows = exact_search(self.model.embed_texts(labels), embedded, min(k, len(labels)))
         for position, image_scores, image_rows in zip(indices, scores, rows):
             ranked[position] = [
-                CaptionHit(rank + 1, labels[row], float(score)) for rank, (score, row) in enumerate(zip(image_scores, image_rows))
+                CaptionHit(rank + 1, labels[row], float(score))
+                for rank, (score, row) in enumerate(zip(image_scores, image_rows))
             ]
         return ranked, failures
 

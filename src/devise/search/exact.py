@@ -111,9 +111,7 @@ class _TopK:
         return self._pad(len(which), qi, cand_scores[qi, col], cand_rows[qi, col])
 
     @staticmethod
-    def _pad(
-        queries: int, qi: np.ndarray, scores: np.ndarray, rows: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _pad(queries: int, qi: np.ndarray, scores: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Lay candidates ``(query, score, row)``, grouped by query, out as one padded row per query."""
         counts = np.bincount(qi, minlength=queries)
         width = int(counts.max()) if len(qi) else 0
@@ -124,9 +122,7 @@ class _TopK:
         padded_rows[qi, pos] = rows
         return padded_scores, padded_rows
 
-    def _merge(
-        self, which: np.ndarray, cand_scores: np.ndarray, cand_rows: np.ndarray
-    ) -> None:
+    def _merge(self, which: np.ndarray, cand_scores: np.ndarray, cand_rows: np.ndarray) -> None:
         scores = np.concatenate([self.scores[which], cand_scores], axis=1)
         rows = np.concatenate([self.rows[which], cand_rows], axis=1)
         # Score descending, then row ascending (lexsort's last key is the primary one).
@@ -157,9 +153,7 @@ def _group_bar(scores: np.ndarray, k: int) -> np.ndarray:
     queries, m = scores.shape
     groups = min(m, 8 * k)
     size = m // groups
-    maxima = np.fmax.reduce(
-        scores[:, : groups * size].reshape(queries, groups, size), axis=2
-    )
+    maxima = np.fmax.reduce(scores[:, : groups * size].reshape(queries, groups, size), axis=2)
     # np.partition sorts NaN (an all-NaN group) above everything: make it lowest.
     maxima[np.isnan(maxima)] = -np.inf
     return np.partition(maxima, groups - k, axis=1)[:, groups - k]
@@ -223,21 +217,14 @@ def exact_search(
     q = np.ascontiguousarray(q)
     if isinstance(source, ImageIndex):
         n, dim = len(source), source.dim
-        blocks: Iterator[tuple[int, np.ndarray]] = source.blocks(
-            block_rows, reuse=True, verify=False
-        )
+        blocks: Iterator[tuple[int, np.ndarray]] = source.blocks(block_rows, reuse=True, verify=False)
     else:
         matrix = np.asarray(source)
         if matrix.ndim != 2:
-            raise ValueError(
-                f"source must be an ImageIndex or an (N, D) array, got shape {matrix.shape}"
-            )
+            raise ValueError(f"source must be an ImageIndex or an (N, D) array, got shape {matrix.shape}")
         n, dim = matrix.shape
         # Row slices of a C-contiguous array are views: no block is copied.
-        blocks = (
-            (start, matrix[start : start + block_rows])
-            for start in range(0, n, block_rows)
-        )
+        blocks = ((start, matrix[start : start + block_rows]) for start in range(0, n, block_rows))
     matching = None
     if mask is not None:
         mask = np.asarray(mask)
@@ -249,9 +236,7 @@ def exact_search(
             matching = np.flatnonzero(mask)
     top_k = min(k, n if matching is None else len(matching))
     if top_k == 0 or q.shape[0] == 0:
-        return np.zeros((q.shape[0], top_k), np.float32), np.zeros(
-            (q.shape[0], top_k), np.int64
-        )
+        return np.zeros((q.shape[0], top_k), np.float32), np.zeros((q.shape[0], top_k), np.int64)
     if q.shape[1] != dim:
         raise ValueError(f"queries have dimension {q.shape[1]}, the embeddings {dim}")
 
@@ -271,11 +256,7 @@ def exact_search(
             rows = len(part)
             # Into a reused buffer: a fresh (Q, rows) array per block would be
             # page-faulted in every time.
-            out = (
-                scratch
-                if rows == scratch.shape[1]
-                else np.empty((q.shape[0], rows), np.float32)
-            )
+            out = scratch if rows == scratch.shape[1] else np.empty((q.shape[0], rows), np.float32)
             np.matmul(q, part.T, out=out)
             if queries < q.shape[0]:
                 source.verify_rows(slice(start + offset, start + offset + rows), out[queries])
@@ -291,4 +272,3 @@ def exact_search(
     if matching is not None:
         return best.scores, matching[best.rows]
     return best.scores, best.rows
-

@@ -64,8 +64,10 @@ def parse_date(text: str | dt.date | dt.datetime, *, end: bool = False) -> int:
 
 
 def _is_whole_day(text) -> bool:
-    return isinstance(text, dt.date) and not isinstance(text, dt.datetime) or (
-        isinstance(text, str) and len(text.strip()) == 10
+    return (
+        isinstance(text, dt.date)
+        and not isinstance(text, dt.datetime)
+        or (isinstance(text, str) and len(text.strip()) == 10)
     )
 
 

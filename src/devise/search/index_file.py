@@ -73,9 +73,7 @@ class IndexMismatchError(DeviseError):
     """
 
     @classmethod
-    def for_index(
-        cls, path: str, found: str, expected: str, run_dir: str = ""
-    ) -> IndexMismatchError:
+    def for_index(cls, path: str, found: str, expected: str, run_dir: str = "") -> IndexMismatchError:
         """The error for the index at ``path``, built by ``found`` and wanted by ``expected``.
 
         Args:
@@ -106,11 +104,7 @@ class IndexWriteError(DeviseError, OSError):
 
 def _short(fingerprint: str) -> str:
     """First 12 characters of a fingerprint (a sha256 hex digest in practice)."""
-    return (
-        fingerprint[:12] + ("..." if len(fingerprint) > 12 else "")
-        if fingerprint
-        else "(none)"
-    )
+    return fingerprint[:12] + ("..." if len(fingerprint) > 12 else "") if fingerprint else "(none)"
 
 
 class IndexDamagedError(DataFormatError):
@@ -186,9 +180,7 @@ class ImageIndex:
         self._row_of: dict[str, int] | None = None
 
     @classmethod
-    def open(
-        cls, path: str | os.PathLike, *, model_fingerprint: str | None = None
-    ) -> ImageIndex:
+    def open(cls, path: str | os.PathLike, *, model_fingerprint: str | None = None) -> ImageIndex:
         """Open an index file and read its metadata.
 
         Args:
@@ -206,13 +198,9 @@ class ImageIndex:
         """
         path = os.path.abspath(os.fspath(path))
         if os.path.isdir(path):
-            raise DeviseError(
-                f"{path}: is a folder, not an image index file; give the index's .h5 file"
-            )
+            raise DeviseError(f"{path}: is a folder, not an image index file; give the index's .h5 file")
         if not os.path.isfile(path):
-            raise DeviseError(
-                f"{path}: image index not found; build it first or check the path"
-            )
+            raise DeviseError(f"{path}: image index not found; build it first or check the path")
         try:
             token = _file_token(path)
             with h5py.File(path, "r") as f:
@@ -269,13 +257,7 @@ class ImageIndex:
             token=token,
         )
         n = len(ids)
-        if (
-            len(paths) != n
-            or len(mtime_ns) != n
-            or len(sizes) != n
-            or tuple(shape) != (n, dim)
-            or len(row_check) != n
-        ):
+        if len(paths) != n or len(mtime_ns) != n or len(sizes) != n or tuple(shape) != (n, dim) or len(row_check) != n:
             raise IndexDamagedError.at(path, f"{n} ids, {len(paths)} paths, embeddings {tuple(shape)}")
         return index
 
@@ -298,9 +280,7 @@ class ImageIndex:
         except OSError:
             token = None
         if self._token is not None and token != self._token:
-            raise DeviseError(
-                f"{self.path}: the image index changed on disk since it was opened; open it again"
-            )
+            raise DeviseError(f"{self.path}: the image index changed on disk since it was opened; open it again")
         return h5py.File(self.path, "r")
 
     def iter_blocks(self, block_rows: int = 65536) -> Iterator[tuple[int, np.ndarray]]:
@@ -318,9 +298,7 @@ class ImageIndex:
         """
         return self.blocks(block_rows, reuse=False)
 
-    def blocks(
-        self, block_rows: int, *, reuse: bool = False, verify: bool = True
-    ) -> Iterator[tuple[int, np.ndarray]]:
+    def blocks(self, block_rows: int, *, reuse: bool = False, verify: bool = True) -> Iterator[tuple[int, np.ndarray]]:
         """:meth:`iter_blocks`; with ``reuse`` every block is read into one buffer.
 
         With ``verify`` (the default) each block's rows are checked against
@@ -411,9 +389,7 @@ class ImageIndex:
             raise IndexDamagedError.at(self.path, "a search read an embedding that is not a unit vector")
 
 
-def read_rows(
-    dataset: h5py.Dataset, rows: np.ndarray, span: int = 8192
-) -> np.ndarray:
+def read_rows(dataset: h5py.Dataset, rows: np.ndarray, span: int = 8192) -> np.ndarray:
     """Rows (sorted, unique) of a 2-D dataset, read as contiguous slices.
 
     One slice covers the rows within ``span`` of its first row, so a dense
@@ -447,9 +423,7 @@ def check_vector(dim: int) -> np.ndarray:
     return vector
 
 
-def metadata_digest(
-    attrs: dict[str, str], ids: Sequence[str], paths: Sequence[str], mtime_ns, sizes, row_check
-) -> str:
+def metadata_digest(attrs: dict[str, str], ids: Sequence[str], paths: Sequence[str], mtime_ns, sizes, row_check) -> str:
     """SHA-256 over an index's attributes (as text), ids, paths, mtimes, sizes and row check values."""
     h = hashlib.sha256(json.dumps({k: str(attrs[k]) for k in _DIGESTED_ATTRS}, sort_keys=True).encode())
     for texts in (ids, paths):

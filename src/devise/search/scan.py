@@ -52,18 +52,13 @@ def scan_images(root: str | os.PathLike) -> list[ImageFile]:
     if not os.path.exists(root):
         raise DeviseError(f"{root}: image folder not found; check the path")
     if not os.path.isdir(root):
-        raise DeviseError(
-            f"{root}: not a folder; give the folder that holds the images"
-        )
+        raise DeviseError(f"{root}: not a folder; give the folder that holds the images")
     found: list[ImageFile] = []
     for directory, dirnames, filenames in os.walk(root, followlinks=False):
         # Pruning in place stops os.walk from descending into hidden folders.
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         for name in filenames:
-            if (
-                name.startswith(".")
-                or os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS
-            ):
+            if name.startswith(".") or os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
                 continue
             path = os.path.join(directory, name)
             try:
@@ -76,4 +71,3 @@ def scan_images(root: str | os.PathLike) -> list[ImageFile]:
             found.append(ImageFile(rel, path, int(st.st_mtime_ns), int(st.st_size)))
     found.sort(key=lambda f: f.id)
     return found
-

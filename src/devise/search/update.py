@@ -170,9 +170,7 @@ def update_index(
     # id -> (mtime_ns, size) the row was embedded at.
     old: dict[str, tuple[int, int]] = {}
     if base is not None:
-        old = {
-            i: (int(t), int(s)) for i, t, s in zip(base.ids, base.mtime_ns, base.sizes)
-        }
+        old = {i: (int(t), int(s)) for i, t, s in zip(base.ids, base.mtime_ns, base.sizes)}
     todo: list[ImageFile] = []
     for f in files:
         if old.get(f.id) == (f.mtime_ns, f.size):
@@ -209,11 +207,7 @@ def update_index(
             bar.update(start + len(batch), len(todo))
         done = start + len(batch) >= len(todo)
         worked = time.monotonic() - last_checkpoint
-        if (
-            not done
-            and since_checkpoint >= checkpoint_every
-            and worked >= _CHECKPOINT_WORK_RATIO * writer.last_write_s
-        ):
+        if not done and since_checkpoint >= checkpoint_every and worked >= _CHECKPOINT_WORK_RATIO * writer.last_write_s:
             writer.write(files, pending, failed, dim, final=False)
             pending.clear()
             since_checkpoint = 0
@@ -248,9 +242,7 @@ def _embed_batch(embed, batch: list[ImageFile], dim: int, index_path: str):
     vectors = np.asarray(vectors, np.float32)
     positions = [int(p) for p in positions]
     if vectors.ndim != 2 or len(vectors) != len(positions):
-        raise ValueError(
-            f"embed returned {vectors.shape} embeddings for {len(positions)} positions; they must match"
-        )
+        raise ValueError(f"embed returned {vectors.shape} embeddings for {len(positions)} positions; they must match")
     if dim and len(positions) and vectors.shape[1] != dim:
         raise DataFormatError(
             f"{index_path}: the index holds {dim}-d embeddings but the model gives {vectors.shape[1]}-d; "
@@ -326,11 +318,7 @@ class _IndexWriter:
                     continue  # defensive: every changed file was re-embedded or failed
                 f = ImageFile(f.id, f.path, *stamp)
             rows.append(_Row(f, base_row=row))
-        new_matrix = (
-            np.stack([pending[i] for i in new_ids])
-            if new_ids
-            else np.zeros((0, dim), np.float32)
-        )
+        new_matrix = np.stack([pending[i] for i in new_ids]) if new_ids else np.zeros((0, dim), np.float32)
 
         try:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
@@ -343,9 +331,7 @@ class _IndexWriter:
         self.base = ImageIndex.open(self.path, model_fingerprint=self.fingerprint)
         self.last_write_s = time.monotonic() - began
 
-    def _fill(
-        self, f: h5py.File, rows: list[_Row], new_matrix: np.ndarray, dim: int
-    ) -> None:
+    def _fill(self, f: h5py.File, rows: list[_Row], new_matrix: np.ndarray, dim: int) -> None:
         n = len(rows)
         writer = create_index_file(
             f,
@@ -380,4 +366,3 @@ class _IndexWriter:
             if source is not None:
                 source.close()
         writer.finish()
-

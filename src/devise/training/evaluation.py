@@ -96,8 +96,7 @@ def format_metrics_table(metrics: dict, *, title: str = "") -> str:
             cells.append(f"{got:7.1f} (ch {chance:5.1f})")
         lines.append(f"{label:<15}" + "".join(f"{c:>17}" for c in cells))
     lines.append(
-        f"({metrics['images']} images, {metrics['captions']} captions; R@K in %, "
-        "ranks 1-based; 'ch' = chance level)"
+        f"({metrics['images']} images, {metrics['captions']} captions; R@K in %, ranks 1-based; 'ch' = chance level)"
     )
     return "\n".join(lines)
 
@@ -129,9 +128,7 @@ def format_category_table(metrics: dict, *, title: str = "") -> str:
     for category in sorted(per, key=str):
         m = per[category]
         cells = [_cell(m["text_to_image"][k]) for k in keys] + [_cell(m["image_to_text"][k]) for k in keys]
-        lines.append(
-            f"{str(category):<{width}}{m['images']:>7}{m['captions']:>9}" + "".join(f"{c:>11}" for c in cells)
-        )
+        lines.append(f"{str(category):<{width}}{m['images']:>7}{m['captions']:>9}" + "".join(f"{c:>11}" for c in cells))
     lines.append("(queries of each category against the whole split; R@K in %, medr 1-based)")
     return "\n".join(lines)
 
@@ -156,9 +153,7 @@ def format_markdown_report(metrics: dict, *, run_dir: str, split: str) -> str:
     lines.append("| direction | " + " | ".join(keys) + " |")
     lines.append("|---|" + "---:|" * len(keys))
     for direction, label in _DIRECTIONS:
-        cells = [
-            f"{_cell(metrics[direction][k])} ({_cell(metrics['chance'][direction][k])})" for k in keys
-        ]
+        cells = [f"{_cell(metrics[direction][k])} ({_cell(metrics['chance'][direction][k])})" for k in keys]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     per = metrics.get("per_category")
     if per:

@@ -163,10 +163,21 @@ def read_checkpoint(path: str, config_hash: str) -> TrainingState | None:
     try:
         with h5py.File(path, "r") as f:
             if f.attrs.get("format") != FORMAT or int(f.attrs.get("format_version", -1)) != FORMAT_VERSION:
-                raise CheckpointError(f"{path}: not a devise training checkpoint of format {FORMAT_VERSION}; {what_to_do}")
+                raise CheckpointError(
+                    f"{path}: not a devise training checkpoint of format {FORMAT_VERSION}; {what_to_do}"
+                )
             attrs = {
                 key: (f.attrs[key].item() if isinstance(f.attrs[key], np.generic) else f.attrs[key])
-                for key in ("format", "format_version", "epoch", "history", "config_digest", "constants", "best_epoch", "best_rsum")
+                for key in (
+                    "format",
+                    "format_version",
+                    "epoch",
+                    "history",
+                    "config_digest",
+                    "constants",
+                    "best_epoch",
+                    "best_rsum",
+                )
             }
             groups = {
                 name: [f[name][str(i)][()] for i in range(int(f[name].attrs["count"]))] for name in ("state", "best")

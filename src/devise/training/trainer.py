@@ -127,7 +127,9 @@ class Trainer:
 
     def image_features(self, records: list[CaptionRecord], report: DataReport) -> dict[str, np.ndarray]:
         extractor = feature_extractor_from_config(self.config.image_encoder)
-        cache = FeatureCache(default_cache_path(self.config.image_encoder.cache_dir, extractor), extractor.fingerprint())
+        cache = FeatureCache(
+            default_cache_path(self.config.image_encoder.cache_dir, extractor), extractor.fingerprint()
+        )
         images = unique_images(records)
         start = time.monotonic()
         table = cache.get_or_compute(
@@ -190,12 +192,12 @@ class Trainer:
         config = self.config
         wv = config.word_vectors
         known = source.index
-        counts = collections.Counter(
-            token for text in texts for token in tokenize(text, known, lowercase=wv.lowercase)
-        )
+        counts = collections.Counter(token for text in texts for token in tokenize(text, known, lowercase=wv.lowercase))
         # Words without a vector join the table only if seen often enough to learn.
         counts = {w: c for w, c in counts.items() if w in known or c >= config.data.min_word_count}
-        table = build_word_table(source, caption_counts=counts, max_words=wv.max_words, oov=wv.oov, seed=config.trainer.seed)
+        table = build_word_table(
+            source, caption_counts=counts, max_words=wv.max_words, oov=wv.oov, seed=config.trainer.seed
+        )
         return table, counts
 
     # -- the run ------------------------------------------------------------
@@ -255,8 +257,7 @@ class Trainer:
                     "check data.annotations / data.images / data.root and the split settings"
                 )
         self.log(
-            "splits: "
-            + ", ".join(f"{n} {len(unique_images(r))} images / {len(r)} captions" for n, r in splits.items())
+            "splits: " + ", ".join(f"{n} {len(unique_images(r))} images / {len(r)} captions" for n, r in splits.items())
         )
 
         table = self.word_table([r.caption for r in splits["train"]], splits, run_dir)
@@ -318,9 +319,11 @@ class Trainer:
                 keras_model.image_projector.set_feature_statistics(
                     np.stack([features[r.image_id] for r in unique_images(splits["train"])])
                 )
-            optimizer = {"adam": keras.optimizers.Adam, "adagrad": keras.optimizers.Adagrad, "sgd": keras.optimizers.SGD}[
-                tc.optimizer
-            ](learning_rate=tc.learning_rate, clipnorm=tc.clip_norm, weight_decay=tc.weight_decay or None)
+            optimizer = {
+                "adam": keras.optimizers.Adam,
+                "adagrad": keras.optimizers.Adagrad,
+                "sgd": keras.optimizers.SGD,
+            }[tc.optimizer](learning_rate=tc.learning_rate, clipnorm=tc.clip_norm, weight_decay=tc.weight_decay or None)
             if tc.weight_decay:
                 # Weight decay regularises the image side only: the text side's table and recurrent weights keep theirs.
                 optimizer.exclude_from_weight_decay(var_list=keras_model.text_encoder.trainable_variables)
@@ -343,7 +346,10 @@ class Trainer:
                 "tokens": keras_model.text_encoder.encode_texts([r.caption for r in records])[0].astype(str),
             }
             y = np.array(
-                [[group[r.image_id], caption_group.setdefault(caption_key(r.caption), len(caption_group))] for r in records],
+                [
+                    [group[r.image_id], caption_group.setdefault(caption_key(r.caption), len(caption_group))]
+                    for r in records
+                ],
                 np.int32,
             )
             if not shuffle:
@@ -376,12 +382,20 @@ class Trainer:
         if state is not None:
             restore(state, variables, constants, checkpoint_path)
             if selector is not None and state.best_weights is not None:
-                selector.best, selector.best_epoch, selector.best_weights = state.best_rsum, state.best_epoch, state.best_weights
+                selector.best, selector.best_epoch, selector.best_weights = (
+                    state.best_rsum,
+                    state.best_epoch,
+                    state.best_weights,
+                )
             first_epoch = min(state.epoch, tc.epochs)
             self.log(f"resuming from the checkpoint written after epoch {state.epoch} ({checkpoint_path})")
         checkpoint = TrainingCheckpoint(
-            checkpoint_path, variables, constants, self._config_hash,
-            selector=selector, history=state.history if state is not None else None,
+            checkpoint_path,
+            variables,
+            constants,
+            self._config_hash,
+            selector=selector,
+            history=state.history if state is not None else None,
         )
         callbacks.insert(2 if selector is not None else 1, checkpoint)  # after the selector, whose state it saves
         if first_epoch < tc.epochs:
@@ -464,7 +478,9 @@ def _rsum(metrics: dict) -> float:
     return sum(metrics[d][k] for d in ("text_to_image", "image_to_text") for k in ("R@1", "R@5", "R@10"))
 
 
-def caption_word_stats(captions: Sequence[str], table: set[str], train_words: set[str], *, lowercase: bool = True) -> dict:
+def caption_word_stats(
+    captions: Sequence[str], table: set[str], train_words: set[str], *, lowercase: bool = True
+) -> dict:
     """How many caption tokens the word table lacks, and how many never occur in training captions."""
     tokens = [t for caption in captions for t in tokenize(caption, table, lowercase=lowercase)]
     unknown = collections.Counter(t for t in tokens if t not in table)

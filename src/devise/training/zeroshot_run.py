@@ -49,7 +49,9 @@ def run_zeroshot(trainer: Trainer, run_dir: str) -> TrainResult:
     root = data.root
     if data.dataset == "shapes":  # the offline demo: the 20 shape categories are the classes
         shapes = data.shapes
-        generate_shapes(root, images_per_category=shapes.images_per_category, image_size=shapes.image_size, seed=shapes.seed)
+        generate_shapes(
+            root, images_per_category=shapes.images_per_category, image_size=shapes.image_size, seed=shapes.seed
+        )
         root = os.path.join(root, IMAGE_DIR)
     images = read_class_folders(root, label_file=data.labels, report=report, strict=data.strict)
     if all(image.split is not None for image in images) and data.split.by == "dataset":
@@ -77,7 +79,9 @@ def run_zeroshot(trainer: Trainer, run_dir: str) -> TrainResult:
                 f"{', '.join(map(repr, labels.missing[:20]))}; map folder names to words with data.labels "
                 "(a TSV file: folder_name<TAB>label words), or leave them out with zeroshot.allow_missing_labels=true"
             )
-        trainer.log(f"zero-shot: no word vector for {', '.join(labels.missing)}; left out (zeroshot.allow_missing_labels)")
+        trainer.log(
+            f"zero-shot: no word vector for {', '.join(labels.missing)}; left out (zeroshot.allow_missing_labels)"
+        )
 
     features = trainer.image_features(list(split.train) + list(split.test), report)
     write_json(os.path.join(run_dir, "data_report.json"), report.to_dict())

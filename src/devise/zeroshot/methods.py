@@ -53,8 +53,7 @@ class _LinearTrainer:
             raise ValueError(f"optimizer must be one of {', '.join(_OPTIMIZERS)}, got {optimizer!r}")
         if epochs < 1 or batch_size < 1 or not learning_rate > 0:
             raise ValueError(
-                f"epochs and batch_size must be >= 1 and learning_rate > 0, got "
-                f"{epochs}, {batch_size}, {learning_rate}"
+                f"epochs and batch_size must be >= 1 and learning_rate > 0, got {epochs}, {batch_size}, {learning_rate}"
             )
         self.epochs = int(epochs)
         self.batch_size = int(batch_size)
