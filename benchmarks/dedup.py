@@ -139,7 +139,7 @@ def main() -> None:
             estimate = f"~{naive_rate * n**2:.0f}s" if naive_rate else "?"
             print(
                 f"{n:>8} {'naive X @ X.T + argpartition':<34} {'not run':>10} {naive_bytes / 2**20:>10.0f}  "
-                f"needs {naive_bytes / 1e9:.0f} GB for the scores (limit {args.naive_limit_gb:.0f} GB); "
+                f"needs {naive_bytes / 1e9:.1f} GB for the scores (limit {args.naive_limit_gb:.1f} GB); "
                 f"{estimate} extrapolated as N^2 from the largest run"
             )
         del matrix

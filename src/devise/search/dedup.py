@@ -196,8 +196,9 @@ def nearest_pairs(
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
     panel_rows = max(tile_rows, memory_bytes // max(1, 4 * dim))
     best = _RunningNearest(n, k)
-    below_diagonal = np.tril(np.ones((tile_rows, tile_rows), bool))
-    scratch = np.empty((tile_rows, tile_rows), np.float32)
+    side = min(tile_rows, n)  # a small source needs no full-size tile
+    below_diagonal = np.tril(np.ones((side, side), bool))
+    scratch = np.empty((side, side), np.float32)
     for panel_start in range(0, n, panel_rows):
         panel = read(panel_start, min(panel_start + panel_rows, n))
         panel_stop = panel_start + len(panel)
