@@ -19,3 +19,8 @@ def test_ci_runs_the_readme_test_command_verbatim(repo_root):
     test_command = _quick_start_commands((repo_root / "README.md").read_text())[1].strip()
     ci_lines = [line.strip() for line in (repo_root / ".ci" / "run").read_text().splitlines()]
     assert test_command in ci_lines
+
+
+def test_ci_checks_with_the_ruff_version_the_test_extra_installs(repo_root):
+    pinned = re.search(r'"ruff==([^"]+)"', (repo_root / "pyproject.toml").read_text()).group(1)
+    assert f'"ruff=={pinned}"' in (repo_root / ".ci" / "run").read_text()

@@ -363,7 +363,9 @@ def create_app(
             fail(400, "empty not term")
         # Only what differs from a plain text query goes into the cache key and the engine call.
         defaults = {"text_weight": 1.0, "like_weight": 1.0, "not_weight": 1.0}
-        options = tuple((key, value) for key, value in given.items() if value not in ((), None) and defaults.get(key) != value)
+        options = tuple(
+            (key, value) for key, value in given.items() if value not in ((), None) and defaults.get(key) != value
+        )
         return search_answer(query, k, options)
 
     @app.get("/api/image/{row}")
