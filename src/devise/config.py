@@ -28,20 +28,10 @@ from typing import Any, Literal
 import yaml
 
 from devise.atomicfile import atomic_path
-from devise.errors import ConfigError
+from devise.errors import SHOWN_CHARS, ConfigError, shown
 
 #: Larger config files are refused: a config is a few kB.
 MAX_CONFIG_BYTES = 1 << 20
-_SHOWN_CHARS = 80
-
-
-def _shown(value) -> str:
-    """``repr(value)`` cut to a readable length for an error message."""
-    try:
-        text = repr(value)
-    except ValueError:  # an int past Python's 4300-digit limit for str()
-        return f"<an integer of {value.bit_length()} bits>"
-    return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 3] + "..."
 
 
 class _NoAliasLoader(yaml.SafeLoader):
@@ -62,7 +52,7 @@ def _load_yaml(text: str):
         return yaml.load(text, Loader=_NoAliasLoader)
     except (ValueError, OverflowError, TypeError) as exc:  # raised by the constructors, not the parser
         detail = " ".join(str(exc).split())
-        detail = detail if len(detail) <= _SHOWN_CHARS else detail[: _SHOWN_CHARS - 3] + "..."
+        detail = detail if len(detail) <= SHOWN_CHARS else detail[: SHOWN_CHARS - 3] + "..."
         raise yaml.constructor.ConstructorError(None, None, f"a value cannot be built: {detail}") from None
 
 
@@ -255,7 +245,7 @@ def _convert(value: Any, tp, path: str):
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"{path or '<root>'}: expected a mapping of keys, got {_shown(value)}")
+            raise ConfigError(f"{path or '<root>'}: expected a mapping of keys, got {shown(value)}")
         return _build(tp, value, path)
     if origin in (typing.Union, types.UnionType):
         for option in typing.get_args(tp):
@@ -263,10 +253,10 @@ def _convert(value: Any, tp, path: str):
                 return _convert(value, option, path)
             except ConfigError:
                 pass
-        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {_shown(value)}")
+        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {shown(value)}")
     if origin is tuple:  # tuple[X, ...]: a YAML list (tuples keep the config frozen)
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path}: expected a list, got {_shown(value)}")
+            raise ConfigError(f"{path}: expected a list, got {shown(value)}")
         item = typing.get_args(tp)[0]
         return tuple(_convert(v, item, f"{path}[{i}]") for i, v in enumerate(value))
     if origin is Literal:
@@ -275,11 +265,11 @@ def _convert(value: Any, tp, path: str):
             return value
         close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"{path}: {_shown(value)} is not {_type_name(tp)}{hint}")
+        raise ConfigError(f"{path}: {shown(value)} is not {_type_name(tp)}{hint}")
     if tp is type(None):
         if value is None:
             return None
-        raise ConfigError(f"{path}: expected null, got {_shown(value)}")
+        raise ConfigError(f"{path}: expected null, got {shown(value)}")
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -291,12 +281,12 @@ def _convert(value: Any, tp, path: str):
             value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if not math.isfinite(value):  # YAML's .nan / .inf would train to NaN losses
-                raise ConfigError(f"{path}: must be a finite number, got {_shown(value)}")
+                raise ConfigError(f"{path}: must be a finite number, got {shown(value)}")
             return float(value)
     elif tp is str:
         if isinstance(value, str):
             return value
-    raise ConfigError(f"{path}: expected {_type_name(tp)}, got {_shown(value)} ({type(value).__name__})")
+    raise ConfigError(f"{path}: expected {_type_name(tp)}, got {shown(value)} ({type(value).__name__})")
 
 
 def _check_range(value, metadata, path: str) -> None:
@@ -307,13 +297,13 @@ def _check_range(value, metadata, path: str) -> None:
     if at_most is None and isinstance(value, int):
         at_most = _LARGEST_INT
     if at_least is not None and value < at_least:
-        raise ConfigError(f"{path}: must be >= {at_least}, got {_shown(value)}")
+        raise ConfigError(f"{path}: must be >= {at_least}, got {shown(value)}")
     if above is not None and value <= above:
-        raise ConfigError(f"{path}: must be > {above}, got {_shown(value)}")
+        raise ConfigError(f"{path}: must be > {above}, got {shown(value)}")
     if below is not None and value >= below:
-        raise ConfigError(f"{path}: must be < {below}, got {_shown(value)}")
+        raise ConfigError(f"{path}: must be < {below}, got {shown(value)}")
     if at_most is not None and value > at_most:
-        raise ConfigError(f"{path}: must be <= {at_most}, got {_shown(value)}")
+        raise ConfigError(f"{path}: must be <= {at_most}, got {shown(value)}")
 
 
 def _check_integer(value, tp, metadata, path: str) -> None:
@@ -327,7 +317,7 @@ def _check_integer(value, tp, metadata, path: str) -> None:
     high = metadata.get("at_most") or _LARGEST_INT
     optional = " or null" if type(None) in options else ""
     raise ConfigError(
-        f"{path}: expected int from {low} to {high}{optional}, got {_shown(value)} ({type(value).__name__})"
+        f"{path}: expected int from {low} to {high}{optional}, got {shown(value)} ({type(value).__name__})"
     )
 
 
@@ -362,15 +352,15 @@ def config_to_dict(config) -> dict:
 
 def _parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
-        raise ConfigError(f"override {_shown(text)}: expected key.sub=value (e.g. trainer.epochs=5)")
+        raise ConfigError(f"override {shown(text)}: expected key.sub=value (e.g. trainer.epochs=5)")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key or any(not part.isidentifier() for part in key.split(".")):
-        raise ConfigError(f"override {_shown(text)}: {key!r} is not a dotted key path like trainer.epochs")
+        raise ConfigError(f"override {shown(text)}: {key!r} is not a dotted key path like trainer.epochs")
     try:
         value = _load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"override {_shown(text)}: value is not valid YAML ({exc.problem})") from None
+        raise ConfigError(f"override {shown(text)}: value is not valid YAML ({exc.problem})") from None
     return key.split("."), value
 
 
@@ -385,7 +375,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             if child is None:
                 child = node[part] = {}
             elif not isinstance(child, dict):
-                raise ConfigError(f"override {_shown(text)}: {part} is not a section")
+                raise ConfigError(f"override {shown(text)}: {part} is not a section")
             node = child
         node[parts[-1]] = value
     return data

@@ -8,6 +8,18 @@ print these as one line and exit non-zero, never with a traceback.
 
 from __future__ import annotations
 
+#: Longest value :func:`shown` prints.
+SHOWN_CHARS = 80
+
+
+def shown(value) -> str:
+    """``repr(value)`` cut to a readable length for an error message (values may be huge or hostile)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int past Python's 4300-digit limit for str()
+        return f"<an integer of {value.bit_length()} bits>"
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."
+
 
 class DeviseError(Exception):
     """Base class of every error devise raises on purpose."""

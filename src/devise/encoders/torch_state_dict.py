@@ -36,7 +36,7 @@ import struct
 
 import numpy as np
 
-from devise.errors import DataFormatError, DeviseError
+from devise.errors import DataFormatError, DeviseError, shown
 
 __all__ = ["load_torch_state_dict"]
 
@@ -49,16 +49,6 @@ MAX_EXPANSION = 4
 EXPANSION_ALLOWANCE_BYTES = 16 << 20
 #: No real weight has more dimensions (numpy allows 64).
 _MAX_RANK = 32
-_SHOWN_CHARS = 80
-
-
-def _shown(value) -> str:
-    """``repr(value)`` cut to a readable length, for values read from an untrusted file."""
-    try:
-        text = repr(value)
-    except ValueError:  # an int past Python's 4300-digit limit for str()
-        return f"<an integer of {value.bit_length()} bits>"
-    return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 3] + "..."
 
 
 def _size_text(nbytes: int) -> str:
@@ -182,17 +172,17 @@ class _RestrictedUnpickler(pickle._Unpickler):
     def persistent_load(self, pid):
         path = self._path
         if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
-            raise DataFormatError(f"{path}: unexpected persistent id {_shown(pid)}")
+            raise DataFormatError(f"{path}: unexpected persistent id {shown(pid)}")
         _, storage_type, key, _location, numel = pid[:5]
         view_metadata = pid[5] if len(pid) > 5 else None
         if not isinstance(storage_type, _StorageType):
-            raise DataFormatError(f"{path}: storage {_shown(key)} has unsupported type {_shown(storage_type)}")
+            raise DataFormatError(f"{path}: storage {shown(key)} has unsupported type {shown(storage_type)}")
         if not _is_count(numel):
-            raise DataFormatError(f"{path}: storage {_shown(key)} has invalid size {_shown(numel)}")
+            raise DataFormatError(f"{path}: storage {shown(key)} has invalid size {shown(numel)}")
         nbytes = numel * np.dtype(_STORAGE_DTYPES[storage_type.name]).itemsize
         if nbytes > self._file_size:
             raise DataFormatError(
-                f"{path}: storage {_shown(key)} claims {_shown(numel)} elements ({_size_text(nbytes)}), "
+                f"{path}: storage {shown(key)} claims {shown(numel)} elements ({_size_text(nbytes)}), "
                 f"more than the whole file ({_size_text(self._file_size)}); the file is corrupt or crafted"
             )
         key = str(key)
@@ -200,15 +190,15 @@ class _RestrictedUnpickler(pickle._Unpickler):
         if ref is None:
             ref = self._storages[key] = _StorageRef(key, storage_type, numel)
         elif ref.storage_type.name != storage_type.name or ref.numel != numel:
-            raise DataFormatError(f"{path}: storage {_shown(key)} is declared twice, differently")
+            raise DataFormatError(f"{path}: storage {shown(key)} is declared twice, differently")
         if view_metadata is None:
             return ref
         try:
             _view_key, offset, view_numel = view_metadata
         except (TypeError, ValueError):
-            raise DataFormatError(f"{path}: malformed storage view {_shown(view_metadata)}") from None
+            raise DataFormatError(f"{path}: malformed storage view {shown(view_metadata)}") from None
         if not (_is_count(offset) and _is_count(view_numel)) or offset + view_numel > numel:
-            raise DataFormatError(f"{path}: storage view {_shown(view_metadata)} is out of bounds")
+            raise DataFormatError(f"{path}: storage view {shown(view_metadata)} is out of bounds")
         return _StorageView(ref, offset, view_numel)
 
 
@@ -232,20 +222,20 @@ def _read_storages(f, raw: bytes, path: str, keys, storages: dict[str, _StorageR
     for key in keys:
         ref = storages.get(key)
         if ref is None:
-            raise DataFormatError(f"{path}: storage {_shown(key)} is listed but never referenced")
+            raise DataFormatError(f"{path}: storage {shown(key)} is listed but never referenced")
         if len(raw) - pos < 8:
-            raise DataFormatError(f"{path}: truncated file (ended before storage {_shown(key)})")
+            raise DataFormatError(f"{path}: truncated file (ended before storage {shown(key)})")
         (count,) = struct.unpack_from("<q", raw, pos)
         pos += 8
         if count != ref.numel:
-            raise DataFormatError(f"{path}: storage {_shown(key)} holds {count} elements, {ref.numel} were announced")
+            raise DataFormatError(f"{path}: storage {shown(key)} holds {count} elements, {ref.numel} were announced")
         dtype = np.dtype(_STORAGE_DTYPES[ref.storage_type.name])
         if not little_endian:
             dtype = dtype.newbyteorder(">")
         nbytes = count * dtype.itemsize
         if nbytes > len(raw) - pos:
             raise DataFormatError(
-                f"{path}: truncated file (storage {_shown(key)} needs {nbytes} bytes, only {len(raw) - pos} remain)"
+                f"{path}: truncated file (storage {shown(key)} needs {nbytes} bytes, only {len(raw) - pos} remain)"
             )
         data = np.frombuffer(raw, dtype=dtype, count=count, offset=pos)
         pos += nbytes
@@ -256,7 +246,7 @@ def _read_storages(f, raw: bytes, path: str, keys, storages: dict[str, _StorageR
         ref.data = data
     missing = [k for k, ref in storages.items() if ref.data is None]
     if missing:
-        raise DataFormatError(f"{path}: storage(s) {_shown(missing[:5])} are referenced but have no data")
+        raise DataFormatError(f"{path}: storage(s) {shown(missing[:5])} are referenced but have no data")
 
 
 def _materialise(path: str, name: str, record: _TensorRecord, budget: int) -> np.ndarray:
@@ -265,7 +255,7 @@ def _materialise(path: str, name: str, record: _TensorRecord, budget: int) -> np
     if isinstance(storage, _StorageView):
         storage, base_offset, base_numel = storage.base, storage.offset, storage.numel
     if not isinstance(storage, _StorageRef):
-        raise DataFormatError(f"{path}: tensor {_shown(name)} is not backed by a storage")
+        raise DataFormatError(f"{path}: tensor {shown(name)} is not backed by a storage")
     size, stride, offset = record.size, record.stride, record.storage_offset
     ok = (
         _is_count(offset)
@@ -276,8 +266,8 @@ def _materialise(path: str, name: str, record: _TensorRecord, budget: int) -> np
     )
     if not ok:
         raise DataFormatError(
-            f"{path}: tensor {_shown(name)} has malformed size/stride/offset "
-            f"({_shown(size)}, {_shown(stride)}, {_shown(offset)}): "
+            f"{path}: tensor {shown(name)} has malformed size/stride/offset "
+            f"({shown(size)}, {shown(stride)}, {shown(offset)}): "
             f"non-negative integers, at most {_MAX_RANK} dimensions"
         )
     data = storage.data
@@ -287,7 +277,7 @@ def _materialise(path: str, name: str, record: _TensorRecord, budget: int) -> np
     nbytes = math.prod(max(n, 1) for n in size) * data.itemsize
     if nbytes > budget:
         raise DataFormatError(
-            f"{path}: tensor {_shown(name)} (size {_shown(size)}, stride {_shown(stride)}) would take "
+            f"{path}: tensor {shown(name)} (size {shown(size)}, stride {shown(stride)}) would take "
             f"{_size_text(nbytes)}, more than the file's tensors may expand to "
             f"({MAX_EXPANSION}x the file size plus {_size_text(EXPANSION_ALLOWANCE_BYTES)}); "
             "the file is corrupt or crafted"
@@ -297,7 +287,7 @@ def _materialise(path: str, name: str, record: _TensorRecord, budget: int) -> np
     last = offset + sum((n - 1) * s for n, s in zip(size, stride))
     if last >= available:
         raise DataFormatError(
-            f"{path}: tensor {_shown(name)} (size {_shown(size)}, stride {_shown(stride)}, offset {offset}) "
+            f"{path}: tensor {shown(name)} (size {shown(size)}, stride {shown(stride)}, offset {offset}) "
             f"runs past the end of its storage of {available} elements"
         )
     start = base_offset + offset
@@ -359,11 +349,11 @@ def _parse(raw: bytes, path: str) -> dict[str, np.ndarray]:
         raise DataFormatError(f"{path}: not a legacy PyTorch file (wrong magic number)")
     protocol = _load_pickle(f, path, storages, len(raw), "protocol version")
     if protocol != _PROTOCOL_VERSION:
-        raise DataFormatError(f"{path}: unsupported PyTorch serialisation protocol {_shown(protocol)}")
+        raise DataFormatError(f"{path}: unsupported PyTorch serialisation protocol {shown(protocol)}")
     sys_info = _load_pickle(f, path, storages, len(raw), "system info")
     little_endian = sys_info.get("little_endian", True) if isinstance(sys_info, dict) else True
     if not isinstance(little_endian, bool):
-        raise DataFormatError(f"{path}: the system info has a malformed little_endian {_shown(little_endian)}")
+        raise DataFormatError(f"{path}: the system info has a malformed little_endian {shown(little_endian)}")
     obj = _load_pickle(f, path, storages, len(raw), "state dict")
     keys = _load_pickle(f, path, storages, len(raw), "storage key list")
     _read_storages(f, raw, path, keys, storages, little_endian)
@@ -374,7 +364,7 @@ def _parse(raw: bytes, path: str) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for name, value in obj.items():
         if not isinstance(name, str) or not isinstance(value, _TensorRecord):
-            raise DataFormatError(f"{path}: entry {_shown(name)} is not a named tensor")
+            raise DataFormatError(f"{path}: entry {shown(name)} is not a named tensor")
         out[name] = _materialise(path, name, value, budget)
         budget -= out[name].nbytes
     return out
