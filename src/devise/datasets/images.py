@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -25,6 +27,28 @@ def check_resize_mode(resize: str) -> str:
     if resize not in RESIZE_MODES:
         raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
     return resize
+
+
+@contextlib.contextmanager
+def decoding(path: str) -> Iterator[None]:
+    """Turn what Pillow raises while decoding ``path`` into one :class:`DataFormatError` naming the file."""
+    try:
+        yield
+    except DataFormatError:
+        raise
+    except FileNotFoundError:
+        raise DataFormatError(f"{path}: file not found") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise DataFormatError(f"{path}: cannot decode image ({exc})") from None
+
+
+def check_pixels(path: str, img: Image.Image) -> None:
+    """Refuse an image over :data:`MAX_IMAGE_PIXELS` from its header, before decoding it."""
+    if img.width * img.height > MAX_IMAGE_PIXELS:
+        raise DataFormatError(
+            f"{path}: {img.width}x{img.height} pixels is over the "
+            f"{MAX_IMAGE_PIXELS:,}-pixel limit (possible decompression bomb)"
+        )
 
 
 def load_image(
@@ -61,27 +85,17 @@ def load_image(
     """
     check_resize_mode(resize)
     path = os.fspath(path)
-    try:
+    with decoding(path):
         if os.path.getsize(path) == 0:
             raise DataFormatError(f"{path}: empty file (0 bytes)")
         with Image.open(path) as img:
-            if img.width * img.height > MAX_IMAGE_PIXELS:
-                raise DataFormatError(
-                    f"{path}: {img.width}x{img.height} pixels is over the "
-                    f"{MAX_IMAGE_PIXELS:,}-pixel limit (possible decompression bomb)"
-                )
+            check_pixels(path, img)
             img.seek(0)
             img = ImageOps.exif_transpose(img)
             img = _to_rgb(img)
             if size is not None:
                 img = _resize_centre_crop(img, size) if resize == "crop" else _resize_pad(img, size)
             return np.asarray(img, dtype=np.uint8)
-    except DataFormatError:
-        raise
-    except FileNotFoundError:
-        raise DataFormatError(f"{path}: file not found") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise DataFormatError(f"{path}: cannot decode image ({exc})") from None
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

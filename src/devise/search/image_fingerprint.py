@@ -35,8 +35,7 @@ import os
 import numpy as np
 from PIL import Image, ImageOps
 
-from devise.datasets.images import MAX_IMAGE_PIXELS, load_image
-from devise.errors import DataFormatError
+from devise.datasets.images import check_pixels, decoding, load_image
 
 #: Side of one view of a fingerprint, in pixels.
 FINGERPRINT_SIZE = 16
@@ -60,22 +59,11 @@ def decode_for_fingerprint(path: str | os.PathLike) -> Image.Image:
         DataFormatError: the file is missing or cannot be decoded.
     """
     path = os.fspath(path)
-    try:
-        with Image.open(path) as img:
-            if img.format == "JPEG":
-                if img.width * img.height > MAX_IMAGE_PIXELS:
-                    raise DataFormatError(
-                        f"{path}: {img.width}x{img.height} pixels is over the "
-                        f"{MAX_IMAGE_PIXELS:,}-pixel limit (possible decompression bomb)"
-                    )
-                img.draft("RGB", (_DRAFT_SIDE, _DRAFT_SIDE))
-                return ImageOps.exif_transpose(img).convert("RGB")
-    except DataFormatError:
-        raise
-    except FileNotFoundError:
-        raise DataFormatError(f"{path}: file not found") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise DataFormatError(f"{path}: cannot decode image ({exc})") from None
+    with decoding(path), Image.open(path) as img:
+        if img.format == "JPEG":
+            check_pixels(path, img)
+            img.draft("RGB", (_DRAFT_SIDE, _DRAFT_SIDE))
+            return ImageOps.exif_transpose(img).convert("RGB")
     return Image.fromarray(load_image(path))
 
 
