@@ -21,3 +21,13 @@ def test_source_modules_stay_small_or_say_why(repo_root):
         f"modules over {LIMIT} lines: split them, or say in the module docstring why each must be one piece: "
         + "; ".join(too_long)
     )
+
+
+def test_the_architecture_doc_names_every_module(repo_root):
+    doc = (repo_root / "docs" / "architecture.md").read_text(encoding="utf-8")
+    missing = []
+    for path in sorted((repo_root / "src" / "devise").rglob("*.py")):
+        parts = path.relative_to(repo_root / "src").with_suffix("").parts
+        if parts[-1] != "__init__" and f"- `{'.'.join(parts)}`" not in doc:
+            missing.append(".".join(parts))
+    assert not missing, f"docs/architecture.md's module map lacks: {', '.join(missing)}"
