@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import h5py
 import numpy as np
 
+from devise.atomicfile import atomic_path
 from devise.download import file_sha256
 from devise.encoders.feature_extractor import FeatureExtractor, progress_callback
 from devise.errors import DeviseError
@@ -167,7 +168,6 @@ class FeatureCache:
         """Atomically replace the file with ``rows``."""
         directory = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(directory, exist_ok=True)
-        tmp = f"{self.path}.tmp-{os.getpid()}"
         values = list(rows.values())
         columns = {
             "ids": _fixed_strings([r.image_id for r in values]),
@@ -179,16 +179,11 @@ class FeatureCache:
                 np.stack([r.features for r in values]).astype(np.float32) if values else np.zeros((0, dim), np.float32)
             ),
         }
-        try:
-            with h5py.File(tmp, "w") as f:
-                f.attrs["fingerprint"] = self.fingerprint
-                f.attrs["format_version"] = FORMAT_VERSION
-                for name, data in columns.items():
-                    f.create_dataset(name, data=data, fletcher32=True)
-            os.replace(tmp, self.path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        with atomic_path(self.path) as tmp, h5py.File(tmp, "w") as f:
+            f.attrs["fingerprint"] = self.fingerprint
+            f.attrs["format_version"] = FORMAT_VERSION
+            for name, data in columns.items():
+                f.create_dataset(name, data=data, fletcher32=True)
 
     def get_or_compute(
         self,

@@ -15,6 +15,7 @@ import json
 import os
 from typing import Any
 
+from devise.atomicfile import atomic_path
 from devise.runs import COMPLETE_FILE, check_run_complete
 
 __all__ = [
@@ -115,15 +116,8 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     The temporary file is removed if writing fails (full disk, Ctrl-C), so a
     failed write leaves the previous file, if any, and nothing else.
     """
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
