@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 
@@ -76,3 +77,27 @@ def write_bytes(path: str | os.PathLike, data: bytes, *, durable: bool = False) 
     """Write ``data`` to ``path`` through :func:`atomic_path`."""
     with atomic_path(path, durable=durable) as tmp, open(tmp, "wb") as f:
         f.write(data)
+
+
+def replace_folder(new: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Put the complete folder ``new`` at ``target``, replacing any folder there.
+
+    A folder cannot be renamed over a non-empty one, so the old one is moved
+    aside first (one rename), the new one moved in (another), and the old
+    one deleted only then; if the second rename fails, the old one is put
+    back. A crash between the two leaves the old folder beside ``target``
+    under a temporary name, never a half-written ``target``.
+    """
+    new, target = os.fspath(new), os.fspath(target)
+    os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+    if not os.path.lexists(target):
+        os.replace(new, target)
+        return
+    old = temporary_path(target)
+    os.replace(target, old)
+    try:
+        os.replace(new, target)
+    except BaseException:
+        os.replace(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

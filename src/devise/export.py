@@ -36,7 +36,7 @@ import shutil
 import keras
 import tensorflow as tf
 
-from devise.atomicfile import temporary_path
+from devise.atomicfile import replace_folder, temporary_path
 from devise.datasets.image_ops import NOT_MATCHED as IMAGE_NOT_MATCHED
 from devise.datasets.image_ops import load_image_ops
 from devise.encoders.registry import feature_extractor_from_config
@@ -111,7 +111,7 @@ def export_saved_model(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *
         os.makedirs(os.path.join(tmp, os.path.dirname(EXPORT_INFO)), exist_ok=True)
         with open(os.path.join(tmp, EXPORT_INFO), "w", encoding="utf-8") as f:
             json.dump(info, f, indent=2, ensure_ascii=False)
-        _replace_folder(tmp, out_dir)
+        replace_folder(tmp, out_dir)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, OSError):  # a full disk, a read-only mount: the user's to fix, not a bug
@@ -172,15 +172,3 @@ def _check_out_dir(out_dir: str, overwrite: bool) -> None:
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
         raise DeviseError(f"{existing}: not a writable folder, so {out_dir} cannot be made; choose another --out")
-
-
-def _replace_folder(new: str, target: str) -> None:
-    """Put the complete folder ``new`` at ``target``, replacing what is there (two renames)."""
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    old = None
-    if os.path.lexists(target):
-        old = temporary_path(target)
-        os.replace(target, old)
-    os.replace(new, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from devise.atomicfile import replace_folder
 from devise.datasets.pascal import IMAGE_DIR, SENTENCE_DIR, PascalItem, write_pascal_layout
 from devise.datasets.shapes_captions import pick, write_captions
 from devise.errors import DeviseError
@@ -156,7 +157,7 @@ def generate_shapes(
         )
         # Written last: its presence marks the dataset as complete.
         (build_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        _move_into_place(build_dir, root_path)
+        replace_folder(build_dir, root_path)
     except BaseException:
         shutil.rmtree(build_dir, ignore_errors=True)
         raise
@@ -237,23 +238,6 @@ def _check_replaceable(root: pathlib.Path) -> None:
         f"{root} is not empty and holds no {MANIFEST_NAME}, so it is not a shapes dataset; "
         "choose an empty or new folder for the shapes dataset"
     )
-
-
-def _move_into_place(build_dir: pathlib.Path, root: pathlib.Path) -> None:
-    if not root.exists():
-        os.replace(build_dir, root)
-        return
-    # A directory cannot be renamed over a non-empty one, so the old one is
-    # moved aside first and deleted only once the new one is in place.
-    old_dir = pathlib.Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
-    os.rmdir(old_dir)
-    os.replace(root, old_dir)
-    try:
-        os.replace(build_dir, root)
-    except BaseException:
-        os.replace(old_dir, root)
-        raise
-    shutil.rmtree(old_dir, ignore_errors=True)
 
 
 # --- scene sampling -------------------------------------------------------
