@@ -36,7 +36,7 @@ import shutil
 import keras
 import tensorflow as tf
 
-from devise.atomicfile import replace_folder, temporary_path
+from devise.atomicfile import check_directory_writable, replace_folder, temporary_path
 from devise.datasets.image_ops import NOT_MATCHED as IMAGE_NOT_MATCHED
 from devise.datasets.image_ops import load_image_ops
 from devise.encoders.registry import feature_extractor_from_config
@@ -166,9 +166,4 @@ def _check_out_dir(out_dir: str, overwrite: bool) -> None:
         raise DeviseError(f"{out_dir}: exists and is not a folder; choose another --out")
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
         raise DeviseError(f"{out_dir}: already exists and is not empty; choose another --out or pass --overwrite")
-    parent = os.path.dirname(out_dir)
-    existing = parent
-    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
-        raise DeviseError(f"{existing}: not a writable folder, so {out_dir} cannot be made; choose another --out")
+    check_directory_writable(os.path.dirname(out_dir), "--out")

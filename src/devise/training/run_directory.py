@@ -15,7 +15,7 @@ import json
 import os
 from typing import Any
 
-from devise.atomicfile import atomic_path
+from devise.atomicfile import atomic_path, check_directory_writable
 from devise.runs import COMPLETE_FILE, check_run_complete
 
 __all__ = [
@@ -50,38 +50,6 @@ def check_run_dir_reusable(run_dir: str | os.PathLike) -> None:
         raise DeviseError(
             f"{run_dir}: already holds a finished run; choose another --run-dir (or delete this one first)"
         )
-
-
-def check_directory_writable(path: str | os.PathLike, setting: str = "output_dir") -> None:
-    """Refuse a folder that cannot be made or written, before any slow work (nothing is created).
-
-    Missing folders are fine: the nearest existing one must be a folder this
-    user can write into.
-
-    Args:
-        path: the folder a run will write into (or under).
-        setting: what the user set it with, named in the message (``output_dir``, ``--run-dir``).
-
-    Raises:
-        DeviseError: a parent of ``path`` is a regular file, or the nearest
-            existing folder is not writable; the message names it.
-    """
-    from devise.errors import DeviseError
-
-    path = os.path.abspath(os.fspath(path))
-    existing = path
-    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
-        existing = os.path.dirname(existing)
-
-    def refuse(what: str, advice: str) -> DeviseError:
-        if existing == path:
-            return DeviseError(f"{path}: the {setting} is {what}; {advice}")
-        return DeviseError(f"{existing}: {what}, so {setting} {path} cannot be made in it; {advice}")
-
-    if not os.path.isdir(existing):
-        raise refuse("not a folder", f"choose another {setting}")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise refuse("not writable by this user", f"choose another {setting} or change the folder's permissions")
 
 
 def create_run_directory(output_dir: str | os.PathLike, name: str) -> str:
