@@ -1,19 +1,33 @@
-"""The device-agnostic interface every image backbone implements."""
+"""The device-agnostic interface every image backbone implements, and its parallel file pipeline.
+
+Reading, decoding and resizing image files run in a pool of threads while
+the traced forward pass computes the previous batch (:meth:`FeatureExtractor.iter_features`).
+The decoding is Pillow's, through :func:`devise.datasets.images.load_image`,
+rather than ``tf.data`` with TensorFlow's image ops, because the pixels must
+stay exactly those ``load_image`` gives (feature caches, saved models and
+tests depend on them: TensorFlow's JPEG decoder and resize differ from
+Pillow's by a few levels), and Pillow releases the GIL while it decodes and
+resizes, so threads run in parallel with each other and with TensorFlow's
+kernels. The window of images in flight is bounded (two batches plus one
+image per thread), so memory stays flat however many files there are.
+"""
 
 from __future__ import annotations
 
 import abc
+import collections
+import concurrent.futures
 import contextlib
 import dataclasses
 import hashlib
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
 from devise.datasets.images import check_resize_mode, load_image
-from devise.errors import DataFormatError
+from devise.errors import ConfigError, DataFormatError
 
 
 @dataclasses.dataclass
@@ -29,6 +43,31 @@ class ExtractionResult:
     features: np.ndarray
     indices: list[int]
     failures: list[tuple[str, str]]
+
+
+@dataclasses.dataclass
+class FeatureBatch:
+    """One batch of :meth:`FeatureExtractor.iter_features`: the unit a cache or a pipeline consumes.
+
+    Attributes:
+        indices: positions (in the input list) of the rows of ``features``.
+        features: ``float32`` array ``(len(indices), output_dim)``.
+        failures: ``(path, reason)`` of the images skipped since the previous batch.
+        done: input files handled so far (decoded or skipped), for progress.
+    """
+
+    indices: list[int]
+    features: np.ndarray
+    failures: list[tuple[str, str]]
+    done: int
+
+
+def default_workers() -> int:
+    """Decoding threads when none are asked for: one per CPU core this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        return max(1, os.cpu_count() or 1)
 
 
 class FeatureExtractor(abc.ABC):
@@ -50,6 +89,12 @@ class FeatureExtractor(abc.ABC):
             the ImageNet convention) or ``"pad"`` (longer side fits, padded
             with white: nothing is cut). See
             :func:`devise.datasets.images.load_image`.
+        workers: threads that read, decode and resize image files in
+            :meth:`iter_features` (``None``: one per CPU core).
+        mixed_precision: build the network with Keras' ``mixed_float16``
+            policy (float16 compute, float32 features). For GPUs only: on a
+            machine without one it is refused with a :class:`ConfigError`
+            (float16 on CPU is slower and less exact, never useful).
     """
 
     #: short name stored in feature caches and fingerprints.
@@ -57,12 +102,24 @@ class FeatureExtractor(abc.ABC):
     #: ``(height, width)`` the backbone expects.
     input_size: tuple[int, int] = (224, 224)
 
-    def __init__(self, *, batch_size: int = 32, device: str | None = None, resize: str = "crop"):
+    def __init__(
+        self,
+        *,
+        batch_size: int = 32,
+        device: str | None = None,
+        resize: str = "crop",
+        workers: int | None = None,
+        mixed_precision: bool = False,
+    ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if workers is not None and workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
         self.batch_size = batch_size
         self.device = device
         self.resize = check_resize_mode(resize)
+        self.workers = workers
+        self.mixed_precision = bool(mixed_precision)
         self._model = None
         self._forward = None
 
@@ -93,16 +150,34 @@ class FeatureExtractor(abc.ABC):
         """A string that changes whenever the features would change."""
         h, w = self.input_size
         fingerprint = f"{self.name}|{self.weights_id}|{h}x{w}|{self.output_dim}"
-        # "crop" was the only mode before there was a choice: leaving it out
-        # keeps the caches and saved models made then valid.
-        return fingerprint if self.resize == "crop" else f"{fingerprint}|resize={self.resize}"
+        # "crop" was the only mode before there was a choice, and float32 the
+        # only precision: leaving them out keeps the caches and saved models
+        # made then valid.
+        if self.resize != "crop":
+            fingerprint += f"|resize={self.resize}"
+        if self.mixed_precision:
+            fingerprint += "|mixed_float16"
+        return fingerprint
 
     @property
     def model(self):
         if self._model is None:
-            with self._placement():
+            with self._placement(), self._precision():
                 self._model = self.build_model()
         return self._model
+
+    def _precision(self):
+        """Keras' ``mixed_float16`` policy while the model is built, when asked for (GPU only)."""
+        if not self.mixed_precision:
+            return contextlib.nullcontext()
+        import tensorflow as tf
+
+        if not tf.config.list_physical_devices("GPU"):
+            raise ConfigError(
+                "image_encoder.mixed_precision=true needs a GPU and TensorFlow sees none; "
+                "set it to false on this machine (float32 is faster on CPUs)"
+            )
+        return _dtype_policy("mixed_float16")
 
     def _placement(self):
         if self.device is None:
@@ -119,7 +194,7 @@ class FeatureExtractor(abc.ABC):
         # One traced graph for every batch: several times faster on CPU
         # than calling model.predict per batch (see docs/architecture.md).
         return tf.function(
-            lambda x: model(x, training=False),
+            lambda x: tf.cast(model(x, training=False), tf.float32),
             input_signature=[tf.TensorSpec([None, h, w, 3], tf.float32)],
         )
 
@@ -153,47 +228,106 @@ class FeatureExtractor(abc.ABC):
             self._forward = self._trace(self.model)
         return self._run_batched(self._forward, images, self.output_dim)
 
+    def iter_features(
+        self,
+        paths: Sequence[str | os.PathLike],
+        *,
+        workers: int | None = None,
+    ) -> Iterator[FeatureBatch]:
+        """Features of image files, one :class:`FeatureBatch` per forward pass.
+
+        The one extraction function: :meth:`extract_files`, the feature
+        cache (so the Trainer and ``devise-extract``) and the search index
+        (``devise-index``) all read images through it. ``workers`` threads
+        read, decode and resize the files (exactly as
+        :func:`devise.datasets.images.load_image`) while the forward pass
+        runs on the previous batch; at most two batches plus one image per
+        thread are held decoded. An image that cannot be decoded is skipped
+        and reported in the next batch's ``failures``; it never stops the
+        others.
+
+        Args:
+            paths: image files.
+            workers: decoding threads (``None``: the extractor's
+                ``workers``, else one per CPU core).
+        """
+        paths = list(paths)
+        workers = workers or self.workers or default_workers()
+        window = 2 * self.batch_size + workers
+        size, resize = self.input_size, self.resize
+        pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="devise-decode")
+        pending: collections.deque = collections.deque()
+        todo = iter(enumerate(paths))
+
+        def refill():
+            while len(pending) < window:
+                item = next(todo, None)
+                if item is None:
+                    return
+                pending.append((item[0], item[1], pool.submit(load_image, item[1], size, resize=resize)))
+
+        try:
+            refill()
+            images: list[np.ndarray] = []
+            indices: list[int] = []
+            failures: list[tuple[str, str]] = []
+            while pending:
+                i, path, future = pending.popleft()
+                refill()
+                try:
+                    images.append(future.result())
+                    indices.append(i)
+                except DataFormatError as exc:
+                    failures.append((os.fspath(path), str(exc)))
+                if len(images) == self.batch_size or not pending:
+                    features = self.extract(np.stack(images)) if images else np.zeros((0, self.output_dim), np.float32)
+                    yield FeatureBatch(indices, features, failures, done=i + 1)
+                    images, indices, failures = [], [], []
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
     def extract_files(
         self,
         paths: Sequence[str | os.PathLike],
         *,
         progress: Callable[[int, int], None] | bool = True,
+        workers: int | None = None,
     ) -> ExtractionResult:
         """Decode and embed image files, skipping (and reporting) bad ones.
+
+        All of :meth:`iter_features`, gathered into one array.
 
         Args:
             paths: image files.
             progress: ``True`` for a progress bar on stderr, ``False`` for
                 none, or a callback ``(done, total)``.
+            workers: decoding threads (see :meth:`iter_features`).
         """
         total = len(paths)
         report = progress_callback(progress, f"{self.name} features")
         features: list[np.ndarray] = []
         indices: list[int] = []
         failures: list[tuple[str, str]] = []
-        batch: list[np.ndarray] = []
-        batch_idx: list[int] = []
-
-        def flush():
-            if batch:
-                features.append(self.extract(np.stack(batch)))
-                indices.extend(batch_idx)
-                batch.clear()
-                batch_idx.clear()
-
-        for i, path in enumerate(paths):
-            try:
-                batch.append(load_image(path, self.input_size, resize=self.resize))
-                batch_idx.append(i)
-            except DataFormatError as exc:
-                failures.append((os.fspath(path), str(exc)))
-            if len(batch) == self.batch_size:
-                flush()
-                report(i + 1, total)
-        flush()
+        for batch in self.iter_features(paths, workers=workers):
+            features.append(batch.features)
+            indices.extend(batch.indices)
+            failures.extend(batch.failures)
+            report(batch.done, total)
         report(total, total)
         feats = np.concatenate(features) if features else np.zeros((0, self.output_dim), np.float32)
         return ExtractionResult(feats, indices, failures)
+
+
+@contextlib.contextmanager
+def _dtype_policy(name: str) -> Iterator[None]:
+    import keras
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 _DIGESTS: dict[tuple, str] = {}
