@@ -1,42 +1,47 @@
-"""Image and text encoders: CNN feature extractors (by backbone name), the feature cache, the text encoder and the projector."""
+"""Image and text encoders: CNN feature extractors (by backbone name), the feature cache, the text encoder and the projector.
 
-from devise.encoders.efficientnet_lite import (
-    EfficientNetLite0FeatureExtractor,
-    build_efficientnet_lite0,
-    build_efficientnet_lite0_classifier,
-    load_efficientnet_lite0_weights,
-)
-from devise.encoders.feature_cache import FeatureCache, FeatureTable, default_cache_path
-from devise.encoders.feature_extractor import ExtractionResult, FeatureExtractor
-from devise.encoders.projector import L2Normalize, LinearProjector
-from devise.encoders.registry import (
-    extractor_names,
-    feature_extractor_from_config,
-    make_feature_extractor,
-    register_extractor,
-)
-from devise.encoders.text_encoder import TEXT_ENCODER_KINDS, TextEncoder
-from devise.encoders.torch_state_dict import load_torch_state_dict
-from devise.encoders.vgg16 import VGG16FeatureExtractor
+Names load on first use: the Keras layers and extractors import TensorFlow,
+while :mod:`devise.encoders.text_numpy` and :mod:`devise.encoders.keras_archive`
+(a text query without TensorFlow) must not pay for it.
+"""
 
-__all__ = [
-    "EfficientNetLite0FeatureExtractor",
-    "ExtractionResult",
-    "FeatureCache",
-    "FeatureExtractor",
-    "FeatureTable",
-    "L2Normalize",
-    "TEXT_ENCODER_KINDS",
-    "TextEncoder",
-    "LinearProjector",
-    "VGG16FeatureExtractor",
-    "build_efficientnet_lite0",
-    "build_efficientnet_lite0_classifier",
-    "default_cache_path",
-    "extractor_names",
-    "feature_extractor_from_config",
-    "load_efficientnet_lite0_weights",
-    "load_torch_state_dict",
-    "make_feature_extractor",
-    "register_extractor",
-]
+from __future__ import annotations
+
+import importlib
+
+_NAMES = {
+    "EfficientNetLite0FeatureExtractor": "devise.encoders.efficientnet_lite",
+    "build_efficientnet_lite0": "devise.encoders.efficientnet_lite",
+    "build_efficientnet_lite0_classifier": "devise.encoders.efficientnet_lite",
+    "load_efficientnet_lite0_weights": "devise.encoders.efficientnet_lite",
+    "FeatureCache": "devise.encoders.feature_cache",
+    "FeatureTable": "devise.encoders.feature_cache",
+    "default_cache_path": "devise.encoders.feature_cache",
+    "ExtractionResult": "devise.encoders.feature_extractor",
+    "FeatureExtractor": "devise.encoders.feature_extractor",
+    "L2Normalize": "devise.encoders.projector",
+    "LinearProjector": "devise.encoders.projector",
+    "extractor_names": "devise.encoders.registry",
+    "feature_extractor_from_config": "devise.encoders.registry",
+    "make_feature_extractor": "devise.encoders.registry",
+    "register_extractor": "devise.encoders.registry",
+    "TEXT_ENCODER_KINDS": "devise.encoders.text_encoder",
+    "TextEncoder": "devise.encoders.text_encoder",
+    "NumpyTextEncoder": "devise.encoders.text_numpy",
+    "load_torch_state_dict": "devise.encoders.torch_state_dict",
+    "VGG16FeatureExtractor": "devise.encoders.vgg16",
+}
+
+__all__ = sorted(_NAMES)
+
+
+def __getattr__(name: str):
+    if name not in _NAMES:
+        raise AttributeError(f"module 'devise.encoders' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_NAMES[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
