@@ -237,7 +237,8 @@ class TrainingCheckpoint(keras.callbacks.Callback):
     selector), so the epoch's best weights are in the checkpoint.
 
     Args:
-        path: the checkpoint file.
+        path: the checkpoint file; ``None``: keep the history, write nothing
+            (a non-chief worker of a multi-worker run).
         variables: :func:`mutable_variables` of the model being trained.
         constants: :func:`constant_variables` of it.
         config_hash: :func:`config_digest` of the run's config.
@@ -246,7 +247,9 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         history: the history of the epochs already run (when resuming).
     """
 
-    def __init__(self, path: str, variables: list, constants: list, config_hash: str, *, selector=None, history=None):
+    def __init__(
+        self, path: str | None, variables: list, constants: list, config_hash: str, *, selector=None, history=None
+    ):
         super().__init__()
         self.path = path
         self.variables = variables
@@ -259,7 +262,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         logs = dict(logs or {})
         for key, value in logs.items():
             self.history.setdefault(key, []).append(float(value))
-        if not math.isfinite(float(logs.get("loss", 0.0))):
+        if self.path is None or not math.isfinite(float(logs.get("loss", 0.0))):
             return  # a diverged epoch is not worth resuming from
         selector = self.selector
         state = TrainingState(

@@ -9,6 +9,7 @@ import math
 import os
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 
@@ -30,6 +31,15 @@ from devise.encoders.registry import feature_extractor_from_config
 from devise.errors import DeviseError
 from devise.losses.hinge_rank import HingeRankLoss
 from devise.model import DeViSEJointModel, DeViSEModel, build_devise_model
+from devise.training.distribution import (
+    chief_first,
+    gather_from_workers,
+    is_chief,
+    is_multi_worker,
+    make_strategy,
+    replica_batches,
+    worker_name,
+)
 from devise.training.evaluation import caption_key, evaluate_retrieval, format_metrics_table
 from devise.training.precision import precision_policy
 from devise.training.resources import check_resources
@@ -68,17 +78,6 @@ class TrainResult:
     history: dict
 
 
-def make_strategy(name: str):
-    """The ``tf.distribute`` strategy named by ``trainer.strategy``."""
-    if name == "off":
-        return tf.distribute.get_strategy()
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if name == "multi_worker_mirrored":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    raise DeviseError(f"trainer.strategy: unknown strategy {name!r}")
-
-
 def make_feature_extractor(config: ExperimentConfig) -> FeatureExtractor:
     """The image backbone named by ``config.image_encoder``.
 
@@ -111,6 +110,7 @@ class Trainer:
         self._config_hash = config_digest(config_to_dict(config))
         self._resume_state = None  # an interrupted run's checkpoint, read by run()
         self.verbose = verbose
+        self._strategy = None  # made first thing in run()
 
     def log(self, message: str) -> None:
         if self.verbose:
@@ -207,42 +207,38 @@ class Trainer:
         Rerun with the same config and ``run_dir`` after an interruption, it
         resumes from the last completed epoch (see :mod:`devise.training.resume`).
         """
+        # First, before any TensorFlow operation: a multi-worker strategy configures the runtime.
+        self._strategy = strategy = make_strategy(self.config.trainer.strategy)
         if self.run_dir is not None:
             check_run_dir_reusable(self.run_dir)
-        else:
+        elif is_chief(strategy):
             check_directory_writable(self.config.output_dir)  # before any download or extraction
-        result = self._run()
+        if not is_chief(strategy):
+            # Keras' multi-worker pattern: every worker trains the same model; only the chief keeps its files.
+            scratch = tempfile.mkdtemp(prefix=f"devise-{worker_name(strategy).replace(' ', '')}-")
+            self.log(
+                f"{worker_name(strategy)}: the chief writes the run directory; this worker's copy goes to {scratch} "
+                "and is removed at the end"
+            )
+            try:
+                return self._run(scratch)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+        result = self._run(self.run_dir or create_run_directory(self.config.output_dir, self.config.name))
         # The model is saved: the checkpoint is no longer needed.
         shutil.rmtree(os.path.dirname(os.path.join(result.run_dir, CHECKPOINT_FILE)), ignore_errors=True)
         mark_run_complete(result.run_dir, sorted(os.listdir(result.run_dir)))
         return result
 
-    def _run(self) -> TrainResult:
+    def _run(self, run_dir: str) -> TrainResult:
         config = self.config
-        check_resources(config, download=True, progress=self.verbose)
-        keras.utils.set_random_seed(config.trainer.seed)
-        run_dir = self.run_dir or create_run_directory(config.output_dir, config.name)
-        os.makedirs(run_dir, exist_ok=True)
-        # Read (and check) an interrupted run's checkpoint before config.yaml is rewritten.
-        self._resume_state = read_checkpoint(os.path.join(run_dir, CHECKPOINT_FILE), self._config_hash)
-        save_config(config, os.path.join(run_dir, "config.yaml"))
-        self.log(f"run directory: {run_dir}")
-        from devise.training.zeroshot_run import is_zeroshot, run_zeroshot
-
-        if is_zeroshot(config):
-            return run_zeroshot(self, run_dir)
-
-        report = DataReport(strict=config.data.strict)
-        records = self.load_records(report)
-        try:
-            splits = self.split(records)
-        except DeviseError:
-            # The error may say "see the data report": save it before stopping.
-            write_json(os.path.join(run_dir, "data_report.json"), report.to_dict())
-            if len(report):
-                self.log(report.summary())
-            raise
-        features = self.image_features([r for split in splits.values() for r in split], report)
+        # Under a multi-worker strategy the chief downloads, generates data and fills the feature cache
+        # first; the other workers follow and read what it wrote (or, on their own disks, compute their own).
+        with chief_first(self._strategy):
+            prepared = self._prepare(run_dir)
+        if isinstance(prepared, TrainResult):
+            return prepared  # a zero-shot run
+        records, splits, features, report = prepared
         splits = {name: [r for r in recs if r.image_id in features] for name, recs in splits.items()}
         write_json(os.path.join(run_dir, "data_report.json"), report.to_dict())
         if len(report):
@@ -277,6 +273,40 @@ class Trainer:
             print(f"run directory: {run_dir}")
         return TrainResult(run_dir, model, metrics, history)
 
+    def _prepare(self, run_dir: str):
+        """Resources, the run directory's first files, records, splits and features (or a whole zero-shot run)."""
+        config = self.config
+        check_resources(config, download=True, progress=self.verbose)
+        keras.utils.set_random_seed(config.trainer.seed)
+        os.makedirs(run_dir, exist_ok=True)
+        # Read (and check) an interrupted run's checkpoint before config.yaml is rewritten. Every worker
+        # resumes from the chief's checkpoint (--run-dir on a folder all workers see, as Keras' BackupAndRestore).
+        checkpoint_dir = run_dir if is_chief(self._strategy) else self.run_dir
+        self._resume_state = (
+            read_checkpoint(os.path.join(checkpoint_dir, CHECKPOINT_FILE), self._config_hash)
+            if checkpoint_dir is not None
+            else None
+        )
+        save_config(config, os.path.join(run_dir, "config.yaml"))
+        self.log(f"run directory: {run_dir}")
+        from devise.training.zeroshot_run import is_zeroshot, run_zeroshot
+
+        if is_zeroshot(config):
+            return run_zeroshot(self, run_dir)
+
+        report = DataReport(strict=config.data.strict)
+        records = self.load_records(report)
+        try:
+            splits = self.split(records)
+        except DeviseError:
+            # The error may say "see the data report": save it before stopping.
+            write_json(os.path.join(run_dir, "data_report.json"), report.to_dict())
+            if len(report):
+                self.log(report.summary())
+            raise
+        features = self.image_features([r for split in splits.values() for r in split], report)
+        return records, splits, features, report
+
     def build_model(
         self, table: WordTable, image_dim: int, *, regression: bool = False, standardize: bool | None = None
     ) -> DeViSEJointModel:
@@ -309,7 +339,8 @@ class Trainer:
     def fit(self, splits, features, table: WordTable, run_dir: str):
         config = self.config
         tc = config.trainer
-        strategy = make_strategy(tc.strategy)
+        strategy = self._strategy if self._strategy is not None else make_strategy(tc.strategy)
+        multi_worker = is_multi_worker(strategy)
         image_dim = len(next(iter(features.values())))
         # Seeded here again: extracting features (or not, from the cache) must not change the initial weights.
         keras.utils.set_random_seed(tc.seed)
@@ -352,20 +383,29 @@ class Trainer:
                 ],
                 np.int32,
             )
-            if not shuffle:
-                return tf.data.Dataset.from_tensor_slices((x, y)).batch(tc.batch_size).prefetch(tf.data.AUTOTUNE)
-            # Epoch e's order depends only on (seed, e), so a run resumed at epoch e sees the batches
-            # an uninterrupted run sees there. One pass of batches per epoch, epochs back to back.
             x_t, y_t = {k: tf.constant(v) for k, v in x.items()}, tf.constant(y)
+            if not shuffle:
+                rows = tf.data.Dataset.range(len(records)).batch(tc.batch_size)
+            else:
+                # Epoch e's order depends only on (seed, e), so a run resumed at epoch e sees the batches
+                # an uninterrupted run sees there. One pass of batches per epoch, epochs back to back.
+                def epoch_batches(epoch):
+                    seed = tf.stack([tf.constant(tc.seed, tf.int64), epoch])
+                    order = tf.random.experimental.stateless_shuffle(tf.range(len(records)), seed=seed)
+                    return tf.data.Dataset.from_tensor_slices(order).batch(tc.batch_size)
 
-            def epoch_batches(epoch):
-                seed = tf.stack([tf.constant(tc.seed, tf.int64), epoch])
-                order = tf.random.experimental.stateless_shuffle(tf.range(len(records)), seed=seed)
-                return tf.data.Dataset.from_tensor_slices(order).batch(tc.batch_size)
+                rows = tf.data.Dataset.range(first_epoch, tc.epochs).flat_map(epoch_batches)
 
-            ds = tf.data.Dataset.range(first_epoch, tc.epochs).flat_map(epoch_batches)
-            ds = ds.map(lambda rows: ({k: tf.gather(v, rows) for k, v in x_t.items()}, tf.gather(y_t, rows)))
-            return ds.prefetch(tf.data.AUTOTUNE)
+            def pipeline(rows):
+                ds = rows.map(lambda r: ({k: tf.gather(v, r) for k, v in x_t.items()}, tf.gather(y_t, r)))
+                return ds.prefetch(tf.data.AUTOTUNE)
+
+            if multi_worker:
+                # Every worker builds the same global batches and keeps its replicas' shares of each.
+                return strategy.distribute_datasets_from_function(
+                    lambda context: pipeline(replica_batches(rows, context))
+                )
+            return pipeline(rows)
 
         callbacks = [keras.callbacks.TerminateOnNaN()]
         if importlib.util.find_spec("tensorboard") is not None:
@@ -389,8 +429,16 @@ class Trainer:
                 )
             first_epoch = min(state.epoch, tc.epochs)
             self.log(f"resuming from the checkpoint written after epoch {state.epoch} ({checkpoint_path})")
+        if multi_worker:
+            resumed = gather_from_workers(strategy, first_epoch)
+            if resumed.min() != resumed.max():
+                raise DeviseError(
+                    f"{worker_name(strategy)}: the workers found different checkpoints to resume from (epochs "
+                    f"{sorted(set(resumed.astype(int).tolist()))}); a multi-worker run resumes from the chief's "
+                    "--run-dir, which must be a folder every worker sees (a shared filesystem)"
+                )
         checkpoint = TrainingCheckpoint(
-            checkpoint_path,
+            checkpoint_path if is_chief(strategy) else None,  # only the chief writes it
             variables,
             constants,
             self._config_hash,
