@@ -9,7 +9,6 @@ in its text encoder, so ``model.keras`` alone embeds raw strings.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ from devise.atomicfile import atomic_path
 from devise.encoders.projector import LinearProjector
 from devise.encoders.text_encoder import TextEncoder
 from devise.errors import DataFormatError, QueryError
+from devise.numpy_model import check_query_tokens, model_fingerprint
 
 MODEL_FILE = "model.keras"
 META_FILE = "model.json"
@@ -270,14 +270,7 @@ class DeViSEModel:
         it, and readers refuse a mismatch instead of mixing two models'
         vector spaces. Computed afresh each call (weights may have changed).
         """
-        digest = hashlib.sha256()
-        digest.update(self.image_fingerprint.encode())
-        digest.update("\n".join(self.words).encode())
-        for weight in self.keras_model.get_weights():
-            array = np.ascontiguousarray(weight)
-            digest.update(str(array.shape).encode())
-            digest.update(array.tobytes())
-        return digest.hexdigest()
+        return model_fingerprint(self.image_fingerprint, self.words, self.keras_model.get_weights())
 
     # -- text ---------------------------------------------------------------------
     def tokenize(self, text: str) -> list[str]:
@@ -297,18 +290,7 @@ class DeViSEModel:
         """
         if not isinstance(text, str):
             raise QueryError(f"a query is a string, got {type(text).__name__}")
-        tokens = self.tokenize(text)
-        if not tokens:
-            raise QueryError("the query is empty: type some words (e.g. 'a red circle')")
-        known = self.text_encoder.known_words
-        unknown = list(dict.fromkeys(t for t in tokens if t not in known))
-        if len(unknown) == len(set(tokens)):
-            raise QueryError(
-                f"no word of the query {text!r} has a word vector (unknown: {', '.join(unknown)}); "
-                "try other words or check the spelling",
-                unknown,
-            )
-        return unknown
+        return check_query_tokens(text, self.tokenize(text), self.text_encoder.known_words)
 
     def embed_texts(self, texts: Sequence[str], *, batch_size: int = 256) -> np.ndarray:
         """Joint-space unit vectors ``(N, joint_dim)`` of captions or queries.
