@@ -45,7 +45,7 @@ def reference_search(matrix: np.ndarray, queries: np.ndarray, k: int) -> tuple[n
 def write_index_file(path: pathlib.Path, embeddings: np.ndarray, fingerprint: str = FINGERPRINT) -> None:
     """An index file of unit rows, written by the format's own writer (no images needed)."""
     n, dim = embeddings.shape
-    files = [ImageFile(f"{i:05d}.jpg", f"/photos/{i:05d}.jpg", 0, 0) for i in range(n)]
+    files = [ImageFile(f"{i:05d}.jpg", f"/photos/{i:05d}.jpg", 0, 0, 0, "mtime") for i in range(n)]
     with new_index_file(path) as f:
         writer = create_index_file(
             f, files, model_fingerprint=fingerprint, run_dir="/runs/r", image_root="/photos", dim=dim

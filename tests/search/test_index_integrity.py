@@ -36,7 +36,8 @@ def outcome(path):
         index = ImageIndex.open(path, model_fingerprint="model-a")
         scores, rows = exact_search(index, queries, 10)
         return [scores.tolist(), rows.tolist(), index.embeddings([0, 7, len(index) - 1]).tolist(), index.ids,
-                index.paths, index.mtime_ns.tolist(), index.sizes.tolist(), index.image_root, index.run_dir, index.dim]
+                index.paths, index.mtime_ns.tolist(), index.sizes.tolist(), index.image_root, index.run_dir, index.dim,
+                index.date_ns.tolist(), index.date_source.tolist()]
     except DeviseError as exc:
         return type(exc).__name__
 
@@ -71,7 +72,10 @@ def _unit_rows(n: int, dim: int, seed: int = 0) -> np.ndarray:
 
 
 def _write(path, matrix) -> tuple[int, int]:
-    files = [ImageFile(f"{i:05d}.jpg", f"/photos/{i:05d}.jpg", 10**18 + i, 1000 + i) for i in range(len(matrix))]
+    files = [
+        ImageFile(f"{i:05d}.jpg", f"/photos/{i:05d}.jpg", 10**18 + i, 1000 + i, 10**18 - i, ("exif", "mtime")[i % 2])
+        for i in range(len(matrix))
+    ]
     with new_index_file(path) as f:
         writer = create_index_file(
             f, files, model_fingerprint="model-a", run_dir="/runs/r", image_root="/photos", dim=matrix.shape[1]

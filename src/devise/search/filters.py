@@ -4,11 +4,14 @@ A filter is turned into a ``bool`` mask over the index's rows and passed into
 :func:`~devise.search.exact.exact_search`, so rows that fail it are never
 candidates and a filtered query gets the true top ``k`` of the matching rows.
 
-Dates are compared with the modification time each row was indexed at
-(``ImageIndex.mtime_ns``). A photo's EXIF date (``DateTimeOriginal``) is not
-in the index: reading it at query time for every row would cost a file read
-per photo, and reading it only for the top-k candidates would filter after
-the cut. Storing it is left for a format bump of the index file.
+Dates are compared with each photo's date as the index stores it
+(``ImageIndex.date_ns``): the EXIF date it was taken when its file has one,
+otherwise the file's modification time (see :mod:`devise.search.photo_date`,
+which reads it at indexing time; reading it at query time would cost a file
+read per photo, and reading it only for the top-k candidates would filter
+after the cut). An EXIF date without a time zone is local time of the
+machine that indexed; a ``since`` / ``until`` without one is local time of
+the machine that searches: on one machine the two agree.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def parse_date(text: str | dt.date | dt.datetime, *, end: bool = False) -> int:
-    """A date or date-time as nanoseconds since the epoch (for ``mtime_ns``).
+    """A date or date-time as nanoseconds since the epoch (as ``ImageIndex.date_ns`` stores dates).
 
     Args:
         text: ``YYYY-MM-DD`` (a local calendar day), an ISO 8601 date-time
@@ -101,8 +104,8 @@ class SearchFilter:
         under: folders (relative to the indexed folder, or absolute inside
             it); a row matches if it is in any of them (or below). Empty:
             every folder.
-        since: earliest modification time, inclusive (see :func:`parse_date`).
-        until: latest modification time, inclusive (a whole day counts to its end).
+        since: earliest photo date, inclusive (see :func:`parse_date`).
+        until: latest photo date, inclusive (a whole day counts to its end).
     """
 
     under: tuple[str, ...] = ()
@@ -112,8 +115,13 @@ class SearchFilter:
     def is_empty(self) -> bool:
         return not self.under and self.since is None and self.until is None
 
-    def mask(self, ids: Sequence[str], mtime_ns: np.ndarray, image_root: str) -> np.ndarray | None:
+    def mask(self, ids: Sequence[str], date_ns: np.ndarray, image_root: str) -> np.ndarray | None:
         """The ``bool`` row mask, or ``None`` when nothing is filtered.
+
+        Args:
+            ids: the rows' ids (paths relative to ``image_root``).
+            date_ns: the rows' dates (``ImageIndex.date_ns``), nanoseconds since the epoch.
+            image_root: the indexed folder.
 
         Raises:
             QueryError: a bad folder or date, or ``since`` after ``until``.
@@ -130,7 +138,7 @@ class SearchFilter:
         high = parse_date(self.until, end=True) if self.until is not None else None
         if low is not None and high is not None and low >= high + (0 if _is_whole_day(self.until) else 1):
             raise QueryError(f"since ({self.since}) is after until ({self.until})")
-        times = np.asarray(mtime_ns, np.int64)
+        times = np.asarray(date_ns, np.int64)
         if low is not None:
             keep &= times >= low
         if high is not None:

@@ -20,9 +20,9 @@ bit), which moves a score by as little, and catches any larger change.
 A damaged index raises :class:`IndexDamagedError`, whose message says to
 rebuild it; ``devise-index`` rebuilds a damaged index by itself.
 
-Layout (format_version 2)::
+Layout (format_version 3)::
 
-    attrs:    format="devise-image-index", format_version=2, model_fingerprint,
+    attrs:    format="devise-image-index", format_version=3, model_fingerprint,
               run_dir, image_root, dim, metadata_sha256 (see :func:`metadata_digest`)
     ids       (N,) utf-8   path relative to image_root, POSIX separators, sorted
     paths     (N,) utf-8   absolute path
@@ -30,10 +30,15 @@ Layout (format_version 2)::
     row_check (N,) float32  each row's dot product with check_vector(dim), as written
     mtime_ns  (N,) int64   stat of the file when it was embedded
     size      (N,) int64
+    date_ns   (N,) int64   the photo's date: EXIF date, else mtime_ns (see devise.search.photo_date)
+    date_source (N,) uint8 where date_ns came from: 0 = mtime, 1 = exif (DATE_SOURCES)
 
 written in HDF5's latest file format, whose own metadata is checksummed.
+The digest covers every dataset but the embeddings (which the check values cover).
 
-Version 1 (no checksums) is refused with the advice to rebuild.
+Older versions are refused with the advice to rebuild (``devise-index`` on
+the same ``--out`` rebuilds them by itself): version 1 had no checksums,
+version 2 no photo dates.
 """
 
 from __future__ import annotations
@@ -48,10 +53,16 @@ import h5py
 import numpy as np
 
 from devise.errors import DataFormatError, DeviseError
+from devise.search.photo_date import DATE_SOURCES, date_text
 from devise.search.scan import ImageFile
 
 FORMAT = "devise-image-index"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+# What an index of each older version lacks, for the message asking to rebuild it.
+_OLDER_VERSIONS = {
+    1: "from before indexes carried checksums",
+    2: "from before indexes stored each photo's date (EXIF, else modification time)",
+}
 
 #: Rows per HDF5 chunk of ``embeddings``: 8192 x 512 float32 is 16 MiB, large
 #: enough that a streamed read is one system call per chunk.
@@ -148,6 +159,10 @@ class ImageIndex:
         paths: absolute image paths, one per row.
         mtime_ns: ``int64`` modification times the rows were embedded at.
         sizes: ``int64`` file sizes the rows were embedded at.
+        date_ns: ``int64`` each photo's date (EXIF, else modification time;
+            nanoseconds since the epoch), which date filters compare.
+        date_source: ``uint8`` where each date came from: an index into
+            :data:`~devise.search.photo_date.DATE_SOURCES` (see :meth:`photo_date`).
         row_check: ``float32`` check value of each row (see :meth:`verify_rows`).
     """
 
@@ -164,6 +179,8 @@ class ImageIndex:
         mtime_ns: np.ndarray,
         sizes: np.ndarray,
         row_check: np.ndarray,
+        date_ns: np.ndarray,
+        date_source: np.ndarray,
         token: tuple[int, int, int] | None = None,
     ):
         self.path = path
@@ -176,6 +193,8 @@ class ImageIndex:
         self.mtime_ns = mtime_ns
         self.sizes = sizes
         self.row_check = row_check
+        self.date_ns = date_ns
+        self.date_source = date_source
         self._token = token
         self._row_of: dict[str, int] | None = None
 
@@ -217,9 +236,8 @@ class ImageIndex:
                         f"({FORMAT_VERSION}); upgrade devise, or rebuild the index with this one"
                     )
                 if version < FORMAT_VERSION:
-                    raise IndexDamagedError.at(
-                        path, f"format version {version}, from before indexes carried checksums", damaged=False
-                    )
+                    lacks = _OLDER_VERSIONS.get(version, "from an older devise")
+                    raise IndexDamagedError.at(path, f"format version {version}, {lacks}", damaged=False)
                 attrs = {key: _text(f.attrs.get(key, "")) for key in _DIGESTED_ATTRS}
                 dim = int(f.attrs["dim"])
                 ids = list(f["ids"].asstr()[()])
@@ -227,6 +245,8 @@ class ImageIndex:
                 mtime_ns = np.asarray(f["mtime_ns"][()], np.int64)
                 sizes = np.asarray(f["size"][()], np.int64)
                 row_check = np.asarray(f["row_check"][()], np.float32)
+                date_ns = np.asarray(f["date_ns"][()], np.int64)
+                date_source = np.asarray(f["date_source"][()], np.uint8)
                 shape = f["embeddings"].shape
                 stored_digest = _text(f.attrs.get("metadata_sha256", ""))
         except DeviseError:
@@ -238,7 +258,7 @@ class ImageIndex:
                 f"{path}: not a readable devise image index ({exc}); "
                 "give the index file that the indexing command wrote, or rebuild it"
             ) from None
-        if metadata_digest(attrs, ids, paths, mtime_ns, sizes, row_check) != stored_digest:
+        if metadata_digest(attrs, ids, paths, mtime_ns, sizes, row_check, date_ns, date_source) != stored_digest:
             raise IndexDamagedError.at(path, "its file list or attributes do not match their checksum")
         found = attrs["model_fingerprint"]
         if model_fingerprint is not None and found != model_fingerprint:
@@ -254,11 +274,16 @@ class ImageIndex:
             mtime_ns=mtime_ns,
             sizes=sizes,
             row_check=row_check,
+            date_ns=date_ns,
+            date_source=date_source,
             token=token,
         )
         n = len(ids)
-        if len(paths) != n or len(mtime_ns) != n or len(sizes) != n or tuple(shape) != (n, dim) or len(row_check) != n:
+        lengths = {len(paths), len(mtime_ns), len(sizes), len(row_check), len(date_ns), len(date_source)}
+        if lengths != {n} or tuple(shape) != (n, dim):
             raise IndexDamagedError.at(path, f"{n} ids, {len(paths)} paths, embeddings {tuple(shape)}")
+        if n and int(date_source.max()) >= len(DATE_SOURCES):
+            raise IndexDamagedError.at(path, f"a date source code {int(date_source.max())} that no devise writes")
         return index
 
     def __len__(self) -> int:
@@ -266,6 +291,10 @@ class ImageIndex:
 
     def __repr__(self) -> str:
         return f"ImageIndex({self.path!r}, {len(self)} images, dim={self.dim})"
+
+    def photo_date(self, row: int) -> tuple[str, str]:
+        """A row's date as ISO 8601 local time (``2024-06-01T14:30:00+02:00``) and its source (``exif``/``mtime``)."""
+        return date_text(int(self.date_ns[row])), DATE_SOURCES[int(self.date_source[row])]
 
     def row_of(self, image_id: str) -> int | None:
         """The row of an image id, or ``None`` if it is not indexed."""
@@ -423,13 +452,16 @@ def check_vector(dim: int) -> np.ndarray:
     return vector
 
 
-def metadata_digest(attrs: dict[str, str], ids: Sequence[str], paths: Sequence[str], mtime_ns, sizes, row_check) -> str:
-    """SHA-256 over an index's attributes (as text), ids, paths, mtimes, sizes and row check values."""
+def metadata_digest(
+    attrs: dict[str, str], ids: Sequence[str], paths: Sequence[str], mtime_ns, sizes, row_check, date_ns, date_source
+) -> str:
+    """SHA-256 over an index's attributes (as text), ids, paths, mtimes, sizes, row check values and dates."""
     h = hashlib.sha256(json.dumps({k: str(attrs[k]) for k in _DIGESTED_ATTRS}, sort_keys=True).encode())
     for texts in (ids, paths):
         h.update(str(len(texts)).encode())
         h.update("\0".join(texts).encode("utf-8", "surrogatepass"))
-    for numbers, dtype in ((mtime_ns, "<i8"), (sizes, "<i8"), (row_check, "<f4")):
+    numbers_and_types = ((mtime_ns, "<i8"), (sizes, "<i8"), (row_check, "<f4"), (date_ns, "<i8"), (date_source, "u1"))
+    for numbers, dtype in numbers_and_types:
         h.update(np.ascontiguousarray(numbers, dtype).tobytes())
     return h.hexdigest()
 
@@ -489,6 +521,7 @@ class IndexFileWriter:
             np.array([r.mtime_ns for r in files], np.int64),
             np.array([r.size for r in files], np.int64),
             checks,
+            *_dates(files),
         )
 
 
@@ -503,11 +536,21 @@ def create_index_file(
 ) -> IndexFileWriter:
     """Start an index in the open, empty ``f`` (see :func:`new_index_file`): attributes and file list.
 
+    Args:
+        f: the open, empty file.
+        files: the indexed files, in row order, each with its date read
+            (:meth:`~devise.search.scan.ImageFile.dated`).
+        model_fingerprint, run_dir, image_root, dim: the attributes.
+
     Returns:
         The writer of the ``(len(files), dim)`` embeddings, in the order of
         ``files``; the file is valid once :meth:`IndexFileWriter.finish` ran.
+
+    Raises:
+        ValueError: a file's date was not read.
     """
     n = len(files)
+    date_ns, date_source = _dates(files)
     attrs = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -523,7 +566,20 @@ def create_index_file(
     f.create_dataset("paths", data=np.array([r.path for r in files], dtype=object), dtype=text)
     f.create_dataset("mtime_ns", data=np.array([r.mtime_ns for r in files], np.int64))
     f.create_dataset("size", data=np.array([r.size for r in files], np.int64))
+    f.create_dataset("date_ns", data=date_ns)
+    f.create_dataset("date_source", data=date_source)
     # HDF5 chunks need a non-empty shape: an empty index is contiguous.
     chunks = (min(n, CHUNK_ROWS), dim) if n and dim else None
     dataset = f.create_dataset("embeddings", shape=(n, dim), dtype=np.float32, chunks=chunks)
     return IndexFileWriter(f, attrs, files, dataset)
+
+
+def _dates(files: Sequence[ImageFile]) -> tuple[np.ndarray, np.ndarray]:
+    """``(date_ns int64, date_source uint8)`` of files whose dates were read."""
+    undated = next((r for r in files if r.date_ns is None or r.date_source not in DATE_SOURCES), None)
+    if undated is not None:
+        raise ValueError(f"{undated.path}: its date was not read (ImageFile.dated()) before indexing")
+    return (
+        np.array([r.date_ns for r in files], np.int64),
+        np.array([DATE_SOURCES.index(r.date_source) for r in files], np.uint8),
+    )

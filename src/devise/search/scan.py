@@ -7,6 +7,7 @@ import os
 import stat
 
 from devise.errors import DeviseError
+from devise.search.photo_date import photo_date
 
 #: File extensions (lower case) that :func:`scan_images` picks up.
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif"})
@@ -21,12 +22,24 @@ class ImageFile:
         path: absolute path.
         mtime_ns: modification time in nanoseconds.
         size: size in bytes.
+        date_ns: the photo's date in nanoseconds since the epoch (its EXIF
+            date, else ``mtime_ns``: see :func:`devise.search.photo_date.photo_date`),
+            or ``None`` while not read: :func:`scan_images` does not open
+            files, so an update reads dates only for the files it embeds.
+        date_source: where ``date_ns`` came from, ``"exif"`` or ``"mtime"`` (``None`` while not read).
     """
 
     id: str
     path: str
     mtime_ns: int
     size: int
+    date_ns: int | None = None
+    date_source: str | None = None
+
+    def dated(self) -> ImageFile:
+        """This file with its date read from it (:func:`~devise.search.photo_date.photo_date`)."""
+        date_ns, source = photo_date(self.path, self.mtime_ns)
+        return dataclasses.replace(self, date_ns=date_ns, date_source=source)
 
 
 def scan_images(root: str | os.PathLike) -> list[ImageFile]:

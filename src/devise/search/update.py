@@ -4,7 +4,13 @@ Updates are incremental (only new or changed files are embedded) and
 atomic: every write goes to a temporary file that replaces the index in one
 rename (:func:`devise.atomicfile.atomic_path`), and long updates
 checkpoint, so a crash or Ctrl-C never leaves a corrupt index and a rerun
-resumes. A damaged index (see :mod:`devise.search.index_file`) is rebuilt.
+resumes. A damaged index (see :mod:`devise.search.index_file`) is rebuilt,
+and so is one of an older format.
+
+Each embedded photo's date (its EXIF date, else its modification time: see
+:mod:`devise.search.photo_date`) is read from its header when it is
+embedded; an unchanged row keeps the date stored with it, so an update opens
+only the files it embeds.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from devise.search.index_file import (
     new_index_file,
     read_rows,
 )
+from devise.search.photo_date import DATE_SOURCES
 from devise.search.scan import ImageFile, scan_images
 
 # Rows copied per step when an update rewrites the file: bounds its memory.
@@ -184,7 +191,7 @@ def update_index(
 
     writer = _IndexWriter(index_path, model_fingerprint, run_dir, image_root, base)
     failed: set[str] = set()
-    pending: dict[str, np.ndarray] = {}
+    pending: dict[str, tuple[ImageFile, np.ndarray]] = {}  # id -> (the file with its date, its embedding)
     bar = ProgressBar("indexing images") if progress and todo else None
     since_checkpoint = 0
     last_checkpoint = time.monotonic()
@@ -197,7 +204,7 @@ def update_index(
                 report.failures.append((f.path, reason))
                 continue
             dim = len(vector)
-            pending[f.id] = vector
+            pending[f.id] = (f.dated(), vector)
             if f.id in old:
                 report.updated += 1
             else:
@@ -287,13 +294,13 @@ class _IndexWriter:
     def write(
         self,
         files: list[ImageFile],
-        pending: dict[str, np.ndarray],
+        pending: dict[str, tuple[ImageFile, np.ndarray]],
         failed: set[str],
         dim: int,
         *,
         final: bool,
     ) -> None:
-        """Write the index of ``files``: pending embeddings, else the base's row.
+        """Write the index of ``files``: pending embeddings (and dates), else the base's row and date.
 
         A file whose embedding failed is left out. Before the final write,
         a file not yet re-embedded keeps its base row with the base's stats,
@@ -307,7 +314,7 @@ class _IndexWriter:
             if f.id in failed:
                 continue
             if f.id in new_pos:
-                rows.append(_Row(f, new=new_pos[f.id]))
+                rows.append(_Row(pending[f.id][0], new=new_pos[f.id]))
                 continue
             row = self.base.row_of(f.id) if self.base is not None else None
             if row is None:
@@ -317,8 +324,9 @@ class _IndexWriter:
                 if final:
                     continue  # defensive: every changed file was re-embedded or failed
                 f = ImageFile(f.id, f.path, *stamp)
-            rows.append(_Row(f, base_row=row))
-        new_matrix = np.stack([pending[i] for i in new_ids]) if new_ids else np.zeros((0, dim), np.float32)
+            date = int(self.base.date_ns[row]), DATE_SOURCES[int(self.base.date_source[row])]
+            rows.append(_Row(dataclasses.replace(f, date_ns=date[0], date_source=date[1]), base_row=row))
+        new_matrix = np.stack([pending[i][1] for i in new_ids]) if new_ids else np.zeros((0, dim), np.float32)
 
         try:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)

@@ -6,8 +6,9 @@ details for a fault of the server, whose traceback goes to its log only):
 
 * ``GET /`` -- the search page; ``GET /static/{style.css,app.js}`` -- its style
   and script (package data in ``devise/web/static``; nothing from a CDN).
-* ``GET /api/search?q=TEXT&k=N`` -- ``{query, k, unknown_words, results: [{rank, row, id, score,
-  thumbnail_url, image_url, captions_url}]}``; ``unknown_words`` lists the query's words without a
+* ``GET /api/search?q=TEXT&k=N`` -- ``{query, k, unknown_words, results: [{rank, row, id, score, date,
+  date_source, thumbnail_url, image_url, captions_url}]}``; ``date`` is the photo's date (ISO 8601, the server's
+  local time) that ``since``/``until`` compare, ``date_source`` ``"exif"`` or ``"mtime"``; ``unknown_words`` lists the query's words without a
   word vector (ignored); a query with no word that has one is refused with 400. The same combined
   queries and filters as ``SearchEngine.search``: ``like_row=ROW`` (repeatable: "more like this" by
   result row; ``q`` may then be left out), ``not=TEXT`` (repeatable), ``text_weight``, ``like_weight``,
@@ -275,11 +276,14 @@ def create_app(
         fail(422, f"image {row} cannot be decoded")
 
     def result_dict(rank: int, row: int, item_id: str, score: float) -> dict:
+        date, date_source = index.photo_date(row)
         return {
             "rank": rank,
             "row": row,
             "id": item_id,
             "score": round(float(score), 6),
+            "date": date,
+            "date_source": date_source,
             "thumbnail_url": f"/api/thumbnail/{row}",
             "image_url": f"/api/image/{row}",
             "captions_url": f"/api/captions/{row}",
