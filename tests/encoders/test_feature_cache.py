@@ -323,8 +323,8 @@ def test_touched_file_keeps_its_features_and_its_new_stamp_is_recorded(tmp_path)
     cache.get_or_compute(extractor, ids, paths, progress=False)
     os.utime(paths[0])  # touch: new mtime, same bytes
     assert cache.get_or_compute(extractor, ids, paths, progress=False).computed == 0
-    with h5py.File(cache.path, "r") as f:
-        stamps = dict(zip(f["paths"].asstr()[()], f["mtime_ns"][()]))
+    with cache.open() as store:
+        stamps = {row.path: row.mtime_ns for row in store.rows()}  # the last row of a file wins
     assert stamps[os.path.abspath(paths[0])] == os.stat(paths[0]).st_mtime_ns
 
 
@@ -405,22 +405,29 @@ def test_truncated_cache_is_recomputed_with_a_warning(tmp_path, capsys):
     assert "warning" in err and cache.path in err
 
 
-def test_rows_of_unequal_lengths_are_not_trusted(tmp_path, capsys):
+def test_format_2_cache_is_recomputed_and_says_so(tmp_path, capsys):
+    ids, paths = _write_images(tmp_path, 2)
+    extractor = MeanColour()
+    cache = _cache(tmp_path, extractor)
+    os.makedirs(os.path.dirname(cache.path))
+    with h5py.File(cache.path, "w") as f:  # format 2: one fixed-size dataset per column, rewritten whole
+        f.attrs["fingerprint"] = extractor.fingerprint()
+        f.attrs["format_version"] = 2
+        f.create_dataset("features", data=np.full((2, 3), 7.0, np.float32))
+    assert cache.get_or_compute(extractor, ids, paths, progress=False).computed == 2
+    err = capsys.readouterr().err
+    assert "format 2" in err and "recomput" in err
+    assert cache.get_or_compute(extractor, ids, paths, progress=False).computed == 0
+
+
+def test_appends_past_the_datasets_are_not_trusted(tmp_path, capsys):
     ids, paths = _write_images(tmp_path, 3)
     extractor = MeanColour()
     cache = _cache(tmp_path, extractor)
     cache.get_or_compute(extractor, ids, paths, progress=False)
-    with h5py.File(cache.path, "r+") as f:  # one row's file identity lost, stale features
-        f.attrs["format_version"] = 2
-        for name in ("mtime_ns", "size"):
-            if name in f:
-                data = f[name][()][:-1]
-                del f[name]
-                f.create_dataset(name, data=data)
-        features = f["features"][()]
-        del f["features"]
-        f.create_dataset("features", data=features + 50)
+    with h5py.File(cache.path, "r+") as f:
+        f.attrs["appends"] = 5  # more committed appends than records
     table = cache.get_or_compute(extractor, ids, paths, progress=False)
     assert table.computed == 3
     np.testing.assert_allclose(table.features, _expected(ids), atol=1e-3)
-    assert "warning" in capsys.readouterr().err
+    assert "not intact" in capsys.readouterr().err

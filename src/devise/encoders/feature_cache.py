@@ -6,22 +6,15 @@ import dataclasses
 import hashlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-import h5py
 import numpy as np
 
-from devise.atomicfile import atomic_path
 from devise.download import file_sha256
 from devise.encoders.feature_extractor import FeatureExtractor, progress_callback
-from devise.errors import DeviseError
+from devise.encoders.feature_store import FORMAT_VERSION, DamagedAppend, FeatureStore, RowInfo, UntrustedStore
 
-# Version 1 keyed rows by image id alone, so a dataset regenerated into the
-# same folder read the old features; such a file is recomputed, not trusted.
-FORMAT_VERSION = 2
-# Every dataset is fixed-size (strings included), so that HDF5's fletcher32
-# checksum, which variable-length data cannot carry, covers all of them.
-_DATASETS = ("ids", "paths", "size", "mtime_ns", "sha256", "features")
+__all__ = ["FORMAT_VERSION", "CacheUpdate", "FeatureCache", "FeatureTable", "default_cache_path"]
 
 
 def default_cache_path(cache_dir: str | os.PathLike, extractor: FeatureExtractor) -> str:
@@ -50,19 +43,37 @@ class FeatureTable:
         return dict(zip(self.ids, self.features))
 
 
-@dataclasses.dataclass(frozen=True)
-class _Row:
-    """The features of one image file, and what the file was when they were taken."""
+@dataclasses.dataclass
+class CacheUpdate:
+    """What :meth:`FeatureCache.update` did (the features stay in the file).
 
-    image_id: str
-    size: int
-    mtime_ns: int
-    sha256: bytes
-    features: np.ndarray
+    Attributes:
+        requested: images asked for.
+        cached: images whose features were already in the cache.
+        computed: images extracted now (those that failed included).
+        failures: ``(image path, reason)`` of images skipped.
+        rows: cache rows written now (new images, and files touched or
+            copied whose features were found by content).
+    """
+
+    requested: int
+    cached: int
+    computed: int
+    failures: list[tuple[str, str]]
+    rows: int
 
 
-class _Untrusted(Exception):
-    """The cache file cannot be trusted; the message says why."""
+@dataclasses.dataclass
+class _Plan:
+    """Which requested images the cache holds (``found``: request -> row) and which to extract."""
+
+    found: dict[int, int]
+    todo: list[int]
+    # What each file to extract was (stat'ed and hashed before it is read);
+    # a file that could not be stat'ed has none and is not cached.
+    identity: dict[int, RowInfo]
+    # Files touched or copied: found by content, recorded under their new stamp.
+    restamp: dict[int, RowInfo]
 
 
 class FeatureCache:
@@ -84,12 +95,15 @@ class FeatureCache:
 
     The file records the extractor's fingerprint, and a cache written by
     another extractor (or other weights, or input size) is refused rather
-    than mixed. Every write goes to a temporary file that replaces the old
-    one in a single rename, so a crash or Ctrl-C leaves the previous cache
-    intact; long extractions write such a checkpoint every
-    ``checkpoint_every`` images, so an interrupted run resumes. A file that
-    is not intact (an older format, a failed HDF5 checksum, datasets of
-    unequal lengths) is recomputed with a warning on stderr.
+    than mixed. New rows are appended in chunks of ``checkpoint_every``
+    images, each committed only once it is on disk, and nothing written is
+    ever rewritten (:mod:`devise.encoders.feature_store` has the format), so
+    an interrupted run (crash, ``kill -9``, Ctrl-C) keeps every committed
+    chunk and resumes after it, and the cost of an append does not grow
+    with the file. Rows are read on demand, each chunk checked against its
+    digest; a chunk that fails its check is recomputed (with the ones after
+    it), and a file that is not intact as a whole (an older format, a file
+    HDF5 cannot open) is recomputed, each with a warning on stderr.
 
     Args:
         path: the ``.h5`` file.
@@ -101,89 +115,48 @@ class FeatureCache:
         self.fingerprint = fingerprint
 
     def read(self) -> dict[str, np.ndarray]:
-        """Cached features by the image id each row was last requested under.
+        """Cached features by the image id each row was written under (the last row of each file).
 
-        Empty if the file does not exist or is not intact. The rows are not
-        checked against the image files: :meth:`get_or_compute` does that.
+        Loads every row: for small caches and inspection. Empty if the file
+        does not exist or is not intact. The rows are not checked against the
+        image files: :meth:`get_or_compute` does that.
         """
-        return {row.image_id: row.features for row in self._read().values()}
-
-    def _read(self, dim: int | None = None) -> dict[str, _Row]:
-        """The rows by absolute image path; empty (with a warning) if the file cannot be trusted."""
-        if not os.path.exists(self.path):
+        store = self._open(None, writable=False)
+        if store is None:
             return {}
+        with store:
+            latest = {info.path: n for n, info in enumerate(store.rows())}
+            rows = sorted(latest.values())
+            try:
+                features = store.read_features(rows)
+            except DamagedAppend as exc:
+                self._warn(str(exc))
+                return {}
+            infos = store.rows()
+            return {infos[n].image_id: vector for n, vector in zip(rows, features)}
+
+    def open(self) -> FeatureStore | None:
+        """The file as a :class:`FeatureStore` for reading rows on demand, or ``None`` if absent or untrusted."""
+        return self._open(None, writable=False)
+
+    def _warn(self, reason: str, action: str = "recomputing its features") -> None:
+        print(f"warning: {self.path}: {reason}; {action}", file=sys.stderr)
+
+    def _open(self, dim: int | None, *, writable: bool) -> FeatureStore | None:
+        """The store, or ``None`` (with a warning) if the file is absent or cannot be trusted."""
+        if not os.path.exists(self.path):
+            return None
         try:
-            return self._read_rows(dim)
-        except _Untrusted as exc:
-            reason = str(exc)
-        except (OSError, KeyError, ValueError, TypeError) as exc:
-            reason = f"damaged or unreadable feature cache ({exc})"
-        print(f"warning: {self.path}: {reason}; recomputing its features", file=sys.stderr)
-        return {}
-
-    def _read_rows(self, dim: int | None) -> dict[str, _Row]:
-        with h5py.File(self.path, "r") as f:
-            found = _text(f.attrs.get("fingerprint", ""))
-            if found != self.fingerprint:
-                raise DeviseError(
-                    f"{self.path}: feature cache was written by '{found}', not '{self.fingerprint}'. "
-                    "Use another cache path for this extractor, or delete the file to rebuild it."
-                )
-            version = int(f.attrs.get("format_version", 0))
-            if version == 1:
-                raise _Untrusted(
-                    "feature cache format 1 (rows keyed by image id, not by image file: "
-                    "its features may be stale) is not trusted"
-                )
-            if version != FORMAT_VERSION:
-                raise _Untrusted(
-                    f"feature cache format {version} is not format {FORMAT_VERSION}, the one this devise reads"
-                )
-            # Reading a dataset checks its fletcher32 checksums (OSError on a mismatch).
-            data = {name: f[name][()] for name in _DATASETS}
-        n = len(data["paths"])
-        features = np.asarray(data["features"])
-        sha = np.asarray(data["sha256"])
-        if (
-            any(len(data[name]) != n for name in _DATASETS)
-            or features.ndim != 2
-            or features.dtype != np.float32
-            or (dim is not None and features.shape[1] != dim)
-            or sha.dtype != np.uint8
-            or sha.shape[1:] != (32,)
-        ):
-            raise _Untrusted(
-                "feature cache is not intact (datasets "
-                + ", ".join(f"{name} {np.shape(data[name])}" for name in _DATASETS)
-                + ")"
-            )
-        return {
-            path.decode("utf-8"): _Row(image_id.decode("utf-8"), int(size), int(mtime), bytes(digest), row)
-            for image_id, path, size, mtime, digest, row in zip(
-                data["ids"], data["paths"], data["size"], data["mtime_ns"], sha, features
-            )
-        }
-
-    def _write(self, rows: dict[str, _Row], dim: int) -> None:
-        """Atomically replace the file with ``rows``."""
-        directory = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(directory, exist_ok=True)
-        values = list(rows.values())
-        columns = {
-            "ids": _fixed_strings([r.image_id for r in values]),
-            "paths": _fixed_strings(list(rows)),
-            "size": np.array([r.size for r in values], np.int64),
-            "mtime_ns": np.array([r.mtime_ns for r in values], np.int64),
-            "sha256": np.frombuffer(b"".join(r.sha256 for r in values), np.uint8).reshape(-1, 32),
-            "features": (
-                np.stack([r.features for r in values]).astype(np.float32) if values else np.zeros((0, dim), np.float32)
-            ),
-        }
-        with atomic_path(self.path) as tmp, h5py.File(tmp, "w") as f:
-            f.attrs["fingerprint"] = self.fingerprint
-            f.attrs["format_version"] = FORMAT_VERSION
-            for name, data in columns.items():
-                f.create_dataset(name, data=data, fletcher32=True)
+            store = FeatureStore.open(self.path, self.fingerprint, dim=dim, writable=writable)
+        except UntrustedStore as exc:
+            self._warn(str(exc))
+            return None
+        if store.damaged() is not None:
+            k, reason = store.damaged()
+            self._warn(reason, "recomputing them and the rows written after them")
+            if writable:
+                store.truncate(k)
+        return store
 
     def get_or_compute(
         self,
@@ -191,82 +164,166 @@ class FeatureCache:
         ids: Sequence[str],
         paths: Sequence[str | os.PathLike],
         *,
-        progress: bool = True,
+        progress: Callable[[int, int], None] | bool = True,
         checkpoint_every: int = 512,
+        workers: int | None = None,
     ) -> FeatureTable:
         """Features for ``ids`` (images at ``paths``), computing only new or changed files.
 
         Images that fail to decode are skipped and listed in
         :attr:`FeatureTable.failures`; they are not cached, so a fixed file
         is picked up on the next run.
+
+        Args:
+            extractor: the extractor whose fingerprint the cache has.
+            ids: image ids, returned in this order.
+            paths: their image files.
+            progress: ``True`` for a progress bar on stderr (images/s and
+                ETA), ``False`` for none, or a ``(done, total)`` callback.
+            checkpoint_every: newly extracted images per committed append.
+            workers: decoding threads (see :meth:`FeatureExtractor.iter_features`).
         """
+        out: dict[int, np.ndarray] = {}
+        result = self._run(extractor, ids, paths, progress, checkpoint_every, workers, out)
+        keep = [i for i in range(len(ids)) if i in out]
+        dim = extractor.output_dim
+        matrix = np.stack([out[i] for i in keep]).astype(np.float32) if keep else np.zeros((0, dim), np.float32)
+        return FeatureTable([ids[i] for i in keep], matrix, result.failures, computed=result.computed)
+
+    def update(
+        self,
+        extractor: FeatureExtractor,
+        ids: Sequence[str],
+        paths: Sequence[str | os.PathLike],
+        *,
+        progress: Callable[[int, int], None] | bool = True,
+        checkpoint_every: int = 512,
+        workers: int | None = None,
+    ) -> CacheUpdate:
+        """As :meth:`get_or_compute`, but the features stay in the file: memory does not grow with the images.
+
+        The cached rows' features are still read once, to check them.
+        """
+        return self._run(extractor, ids, paths, progress, checkpoint_every, workers, None)
+
+    def _run(self, extractor, ids, paths, progress, checkpoint_every, workers, out) -> CacheUpdate:
         if len(ids) != len(paths):
             raise ValueError("ids and paths must have the same length")
         if extractor.fingerprint() != self.fingerprint:
             raise ValueError("extractor fingerprint differs from the cache's")
+        if checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
         dim = extractor.output_dim
-        rows = self._read(dim)
-        by_content = {row.sha256: row.features for row in rows.values()}
-        found: dict[int, np.ndarray] = {}
-        todo: list[int] = []
-        # (size, mtime_ns, sha256) of each file to extract, taken before it is read.
-        identity: dict[int, tuple[int, int, bytes]] = {}
-        changed = False
-        for i, (image_id, path) in enumerate(zip(ids, paths)):
-            key = os.path.abspath(path)
+        store = self._open(dim, writable=True)
+        writer = _Appender(self, store, dim, checkpoint_every)
+        try:
+            plan, pending = self._plan_checked(store, ids, paths, out)
+            writer.extend(pending)
+            failures: list[tuple[str, str]] = []
+            if plan.todo:
+                report = progress_callback(progress, f"{extractor.name} features")
+                todo = plan.todo
+                for batch in extractor.iter_features([paths[i] for i in todo], workers=workers):
+                    for k, vector in zip(batch.indices, batch.features):
+                        i = todo[k]
+                        if out is not None:
+                            out[i] = vector
+                        if i in plan.identity:
+                            writer.add(plan.identity[i], vector)
+                    failures.extend(batch.failures)
+                    report(batch.done, len(todo))
+                report(len(todo), len(todo))
+            writer.flush()
+            return CacheUpdate(len(ids), len(plan.found), len(plan.todo), failures, writer.written)
+        finally:
+            writer.close()
+
+    def _plan_checked(self, store, ids, paths, out) -> tuple[_Plan, list[tuple[RowInfo, np.ndarray]]]:
+        """The plan, once the cached rows it relies on pass their checks (a failing chunk is dropped)."""
+        while True:
+            plan = _plan(store, ids, paths)
+            if store is None:
+                return plan, []
+            wanted: dict[int, list[int]] = {}  # row -> the requests it answers
+            for i, n in plan.found.items():
+                wanted.setdefault(n, []).append(i)
+            rows = sorted(wanted)
             try:
-                st = os.stat(key)
-                row = rows.get(key)
-                if row is not None and (row.size, row.mtime_ns) == (st.st_size, st.st_mtime_ns):
-                    found[i] = row.features
-                    if row.image_id != image_id:
-                        rows[key] = dataclasses.replace(row, image_id=image_id)
-                        changed = True
-                    continue
-                digest = bytes.fromhex(file_sha256(key))
-            except OSError:
-                todo.append(i)  # extract_files says why it cannot be read
+                if out is not None:
+                    for row_numbers, features in store.iter_features(rows):
+                        for n, vector in zip(row_numbers, features):
+                            for i in wanted[n]:
+                                out[i] = vector
+                elif rows:
+                    store.verify({store.append_of(n) for n in rows})
+                restamped = store.read_features([plan.found[i] for i in plan.restamp]) if plan.restamp else []
+            except DamagedAppend as exc:
+                self._warn(str(exc), "recomputing them and the rows written after them")
+                store.truncate(exc.index)
+                if out is not None:
+                    out.clear()
                 continue
-            if digest in by_content:  # touched, rewritten with the same bytes, or copied
-                found[i] = by_content[digest]
-                rows[key] = _Row(image_id, st.st_size, st.st_mtime_ns, digest, found[i])
-            else:
-                rows.pop(key, None)  # its features are stale, whether or not it still decodes
-                todo.append(i)
-                identity[i] = (st.st_size, st.st_mtime_ns, digest)
-            changed = True
-
-        failures: list[tuple[str, str]] = []
-        if todo:
-            report = progress_callback(progress, f"{extractor.name} features")
-            done = 0
-            for start in range(0, len(todo), checkpoint_every):
-                chunk = todo[start : start + checkpoint_every]
-                result = extractor.extract_files(
-                    [paths[i] for i in chunk],
-                    progress=lambda d, t, base=done: report(base + d, len(todo)),
-                )
-                for row, k in enumerate(result.indices):
-                    i = chunk[k]
-                    found[i] = result.features[row]
-                    if i in identity:  # else it could not be stat'ed: not cached
-                        size, mtime_ns, digest = identity[i]
-                        rows[os.path.abspath(paths[i])] = _Row(ids[i], size, mtime_ns, digest, found[i])
-                failures.extend(result.failures)
-                done += len(chunk)
-                self._write(rows, dim)
-        elif changed:
-            self._write(rows, dim)
-        keep = [i for i in range(len(ids)) if i in found]
-        matrix = np.stack([found[i] for i in keep]).astype(np.float32) if keep else np.zeros((0, dim), np.float32)
-        return FeatureTable([ids[i] for i in keep], matrix, failures, computed=len(todo))
+            return plan, list(zip(plan.restamp.values(), restamped))
 
 
-def _text(value) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+class _Appender:
+    """Collects new rows and appends them to the store every ``every`` rows (creating the file at the first)."""
+
+    def __init__(self, cache: FeatureCache, store: FeatureStore | None, dim: int, every: int):
+        self.cache = cache
+        self.store = store
+        self.dim = dim
+        self.every = every
+        self.infos: list[RowInfo] = []
+        self.features: list[np.ndarray] = []
+        self.written = 0
+
+    def add(self, info: RowInfo, vector: np.ndarray) -> None:
+        self.infos.append(info)
+        self.features.append(vector)
+        if len(self.infos) >= self.every:
+            self.flush()
+
+    def extend(self, rows: list[tuple[RowInfo, np.ndarray]]) -> None:
+        for info, vector in rows:
+            self.add(info, vector)
+
+    def flush(self) -> None:
+        if not self.infos:
+            return
+        if self.store is None:
+            self.store = FeatureStore.create(self.cache.path, self.cache.fingerprint, self.dim)
+        self.store.append(self.infos, np.stack(self.features))
+        self.written += len(self.infos)
+        self.infos, self.features = [], []
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
 
 
-def _fixed_strings(values: list[str]) -> np.ndarray:
-    """UTF-8 strings as one fixed-size bytes array (checksummable, unlike variable-length strings)."""
-    encoded = [v.encode("utf-8") for v in values]
-    return np.array(encoded, dtype=f"S{max((len(e) for e in encoded), default=1) or 1}")
+def _plan(store: FeatureStore | None, ids: Sequence[str], paths: Sequence[str | os.PathLike]) -> _Plan:
+    rows = store.rows() if store is not None else []
+    by_path = {info.path: n for n, info in enumerate(rows)}  # the last row of a file wins
+    by_content = {info.sha256: n for n, info in enumerate(rows)}
+    plan = _Plan({}, [], {}, {})
+    for i, (image_id, path) in enumerate(zip(ids, paths)):
+        key = os.path.abspath(path)
+        try:
+            st = os.stat(key)
+            n = by_path.get(key)
+            if n is not None and (rows[n].size, rows[n].mtime_ns) == (st.st_size, st.st_mtime_ns):
+                plan.found[i] = n
+                continue
+            digest = bytes.fromhex(file_sha256(key))
+        except OSError:
+            plan.todo.append(i)  # iter_features says why it cannot be read
+            continue
+        info = RowInfo(key, image_id, st.st_size, st.st_mtime_ns, digest)
+        if digest in by_content:  # touched, rewritten with the same bytes, or copied
+            plan.found[i] = by_content[digest]
+            plan.restamp[i] = info
+        else:
+            plan.todo.append(i)
+            plan.identity[i] = info
+    return plan
