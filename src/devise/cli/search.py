@@ -10,6 +10,12 @@ Usage::
     devise-search --index pictures.h5 "a dog" --under 2024/summer --since 2024-06-01 --until 2024-08-31 --min-score 0.2
     devise-search --run RUN --image photo.jpg --captions captions.txt -k 5
     devise-search --run RUN --image photo.jpg            # candidates: the run's dataset captions
+
+A text query (with ``--not`` terms and filters too) is embedded in numpy
+from ``model.keras`` and never imports TensorFlow, which takes longer to
+import than the whole search; photos (``--like`` outside the index,
+``--image``) load the Keras model and the CNN. ``--text-backend keras``
+embeds text with Keras as before.
 """
 
 from __future__ import annotations
@@ -93,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --approximate: rebuild the FAISS index even if the one on disk looks valid",
     )
+    parser.add_argument(
+        "--text-backend",
+        choices=("auto", "numpy", "keras"),
+        default="auto",
+        help="how text is embedded: numpy, without importing TensorFlow (auto, the default, falls back to Keras "
+        "for a model the numpy path does not reproduce), or Keras",
+    )
     return parser
 
 
@@ -168,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         # Before the (slow) model load, so a bad file is reported at once.
         captions = read_lines(args.captions, "captions") if args.image is not None and args.captions else None
-        engine = SearchEngine.load(args.run, args.index)
+        engine = SearchEngine.load(args.run, args.index, text_backend=args.text_backend)
         if args.image is not None:
             if captions is None:
                 captions = run_captions(engine.run_dir)

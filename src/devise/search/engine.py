@@ -4,6 +4,11 @@ A finished training run is read through :mod:`devise.runs` (its config and
 completion marker), its backbone rebuilt by the encoders' registry and its
 dataset by :mod:`devise.datasets.from_config`: search never imports
 ``devise.training``.
+
+Text is embedded by :class:`devise.numpy_model.NumpyTextModel` when the
+model file allows it (``text_backend="auto"``, the default), so a text
+search never imports TensorFlow; the Keras model and the image backbone
+are loaded on first use, by photo queries, annotation and indexing.
 """
 
 from __future__ import annotations
@@ -16,12 +21,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from devise.datasets.from_config import load_records
-from devise.datasets.report import DataReport
-from devise.encoders.feature_extractor import FeatureExtractor
-from devise.encoders.registry import feature_extractor_from_config
+from devise.encoders.text_numpy import UnsupportedTextEncoderError
 from devise.errors import DeviseError, QueryError
-from devise.model import DeViSEModel
+from devise.numpy_model import NumpyTextModel
 from devise.runs import CONFIG_FILE, check_run_complete, read_run_config
 from devise.search.filters import SearchFilter
 from devise.search.index import (
@@ -34,23 +36,22 @@ from devise.search.index import (
 from devise.search.query import combine_query
 
 if TYPE_CHECKING:  # pragma: no cover
+    from devise.encoders.feature_extractor import FeatureExtractor
+    from devise.model import DeViSEModel
     from devise.search.approximate import ApproximateIndex
+
+#: How :meth:`SearchEngine.load` embeds text: numpy when the model file allows it, numpy only, or Keras.
+TEXT_BACKENDS = ("auto", "numpy", "keras")
 
 
 @dataclasses.dataclass(frozen=True)
 class SearchHit:
-    """One ranked image: its index id (path relative to the indexed folder), path and cosine score.
-
-    ``date`` is the photo's date as the index stores it (ISO 8601, local time) and
-    ``date_source`` where it came from: ``"exif"`` or ``"mtime"`` (see :mod:`devise.search.photo_date`).
-    """
+    """One ranked image: its index id (path relative to the indexed folder), path and cosine score."""
 
     rank: int
     id: str
     path: str
     score: float
-    date: str = ""
-    date_source: str = ""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -72,8 +73,12 @@ class SearchEngine:
     """Text-to-image search over an :class:`ImageIndex`, and image-to-text annotation.
 
     Args:
-        model: the trained joint model.
-        extractor: the image backbone the model was trained on.
+        model: the trained joint model, or its text side alone
+            (:class:`~devise.numpy_model.NumpyTextModel`, no TensorFlow): then
+            the full model is loaded from the same file on first use by an
+            image (a photo query, annotation, indexing).
+        extractor: the image backbone the model was trained on (``None``:
+            rebuilt from ``run_dir``'s config on first use).
         index: an image index built by this model (optional: annotation and
             indexing need none).
         run_dir: the training run directory, if known.
@@ -89,18 +94,17 @@ class SearchEngine:
 
     def __init__(
         self,
-        model: DeViSEModel,
-        extractor: FeatureExtractor,
+        model: DeViSEModel | NumpyTextModel,
+        extractor: FeatureExtractor | None = None,
         index: ImageIndex | None = None,
         *,
         run_dir: str | None = None,
     ):
-        if extractor.fingerprint() != model.image_fingerprint and model.image_fingerprint:
-            raise DeviseError(
-                f"the model was trained on '{model.image_fingerprint}' features, not '{extractor.fingerprint()}'"
-            )
-        self.model = model
-        self.extractor = extractor
+        self.text_model = model
+        self._model = None if isinstance(model, NumpyTextModel) else model
+        self._extractor = None
+        if extractor is not None:
+            self._use_extractor(extractor)
         self.run_dir = run_dir
         self.fingerprint = model.fingerprint()
         self.index = None
@@ -112,11 +116,29 @@ class SearchEngine:
             self.use_index(index)
 
     @classmethod
-    def load(cls, run_dir: str | os.PathLike | None = None, index: str | os.PathLike | None = None) -> SearchEngine:
+    def load(
+        cls,
+        run_dir: str | os.PathLike | None = None,
+        index: str | os.PathLike | None = None,
+        *,
+        text_backend: str = "auto",
+    ) -> SearchEngine:
         """Load the model of a training run and, optionally, an index built by it.
 
         With ``run_dir=None`` the run recorded in the index is used.
+
+        Args:
+            run_dir: the training run directory.
+            index: an index file built by the run's model.
+            text_backend: ``"auto"`` (the default): text is embedded in numpy
+                (no TensorFlow; equal to the Keras model's vectors to 1e-5),
+                or by Keras if the model file holds something the numpy path
+                does not reproduce; ``"numpy"``: numpy or an error;
+                ``"keras"``: the Keras model, loaded at once with the backbone.
+                Either way, images need Keras, loaded on first use.
         """
+        if text_backend not in TEXT_BACKENDS:
+            raise ValueError(f"text_backend must be one of {TEXT_BACKENDS}, got {text_backend!r}")
         opened = ImageIndex.open(index) if index is not None else None
         if run_dir is None:
             if opened is None:
@@ -131,9 +153,20 @@ class SearchEngine:
         if not os.path.isfile(os.path.join(run_dir, CONFIG_FILE)):
             raise DeviseError(f"{run_dir}: not a devise run directory (no {CONFIG_FILE})")
         check_run_complete(run_dir)
-        model = DeViSEModel.load(run_dir)
-        extractor = feature_extractor_from_config(read_run_config(run_dir).image_encoder)
-        engine = cls(model, extractor, run_dir=os.path.abspath(run_dir))
+        model = None
+        if text_backend != "keras":
+            try:
+                model = NumpyTextModel.load(run_dir)
+            except UnsupportedTextEncoderError:
+                if text_backend == "numpy":
+                    raise
+        if model is None:
+            from devise.model import DeViSEModel
+
+            model = DeViSEModel.load(run_dir)
+        engine = cls(model, run_dir=os.path.abspath(run_dir))
+        if text_backend == "keras":
+            engine.extractor  # noqa: B018 - built now, as before the numpy path existed
         if opened is not None:
             engine.use_index(opened)
         return engine
@@ -190,6 +223,47 @@ class SearchEngine:
         self.approximate = ann
         return ann
 
+    # -- the model and the backbone, loaded when first needed ------------------
+    @property
+    def text_backend(self) -> str:
+        """``"numpy"`` or ``"keras"``: what embeds text queries."""
+        return "numpy" if isinstance(self.text_model, NumpyTextModel) else "keras"
+
+    @property
+    def model(self) -> DeViSEModel:
+        """The full joint model (image and text side); loaded with Keras on first use if the engine has none yet.
+
+        Raises:
+            DeviseError: the model file changed since the engine read it.
+        """
+        if self._model is None:
+            from devise.model import DeViSEModel
+
+            model = DeViSEModel.load(self.text_model.path)
+            if model.fingerprint() != self.fingerprint:
+                raise DeviseError(
+                    f"{self.text_model.path}: the model file changed since this engine read it; load the engine again"
+                )
+            self._model = model
+        return self._model
+
+    @property
+    def extractor(self) -> FeatureExtractor:
+        """The image backbone; rebuilt from the run's config on first use if none was given."""
+        if self._extractor is None:
+            if self.run_dir is None:
+                raise DeviseError("this engine has no image backbone: pass an extractor, or load it from a run")
+            from devise.encoders.registry import feature_extractor_from_config
+
+            self._use_extractor(feature_extractor_from_config(read_run_config(self.run_dir).image_encoder))
+        return self._extractor
+
+    def _use_extractor(self, extractor: FeatureExtractor) -> None:
+        expected = self.text_model.image_fingerprint
+        if expected and extractor.fingerprint() != expected:
+            raise DeviseError(f"the model was trained on '{expected}' features, not '{extractor.fingerprint()}'")
+        self._extractor = extractor
+
     # -- embedding ------------------------------------------------------------
     def embed_image_files(self, paths: Sequence[str]) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
         """Joint embeddings of image files; bad files are skipped and listed."""
@@ -214,7 +288,15 @@ class SearchEngine:
     # -- queries ----------------------------------------------------------------
     def unknown_words(self, query: str) -> list[str]:
         """The words of ``query`` that have no word vector in the model (they are ignored)."""
-        return self.model.unknown_words(query)
+        return self.text_model.unknown_words(query)
+
+    def check_query(self, text: str) -> list[str]:
+        """Refuse a text query with no word that has a vector; return its unknown words otherwise.
+
+        Raises:
+            QueryError: the text is empty, or no word of it has a vector.
+        """
+        return self.text_model.check_query(text)
 
     def search(
         self,
@@ -254,7 +336,7 @@ class SearchEngine:
             not_: text terms to steer away from.
             under: only photos in these folders (relative to the indexed
                 folder, or absolute inside it).
-            since, until: only photos dated in this range (EXIF date, else modification time; inclusive;
+            since, until: only photos modified in this range (inclusive;
                 ``YYYY-MM-DD`` is a local day, or an ISO date-time; see
                 :mod:`devise.search.filters`).
             min_score: drop results scoring below this (fewer than ``k`` may remain).
@@ -296,7 +378,7 @@ class SearchEngine:
                 not_weight=not_weight,
             )
             mask = SearchFilter(tuple(map(os.fspath, under)), since, until).mask(
-                self.index.ids, self.index.date_ns, self.index.image_root
+                self.index.ids, self.index.mtime_ns, self.index.image_root
             )
             if self.approximate is not None and mask is None:
                 scores, rows = self.approximate.search(vector[None, :], k)
@@ -322,8 +404,8 @@ class SearchEngine:
         """The unit search vector of a combined query (see :meth:`search`)."""
         texts = [text] if text is not None else []
         for term in [*texts, *not_]:
-            self.model.check_query(term)
-        embedded = self.model.embed_texts([*texts, *not_]) if texts or not_ else np.zeros((0, 0), np.float32)
+            self.text_model.check_query(term)
+        embedded = self.text_model.embed_texts([*texts, *not_]) if texts or not_ else np.zeros((0, 0), np.float32)
         photos = self.embed_photos(like, like_rows)
         return combine_query(
             embedded[: len(texts)] if texts else None,
@@ -395,7 +477,7 @@ class SearchEngine:
 
     def _hits(self, scores: np.ndarray, rows: np.ndarray) -> list[SearchHit]:
         return [
-            SearchHit(rank + 1, self.index.ids[row], self.index.paths[row], float(score), *self.index.photo_date(row))
+            SearchHit(rank + 1, self.index.ids[row], self.index.paths[row], float(score))
             for rank, (score, row) in enumerate(zip(scores, rows))
             if row >= 0
         ]
@@ -407,8 +489,8 @@ class SearchEngine:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         for query in queries:
-            self.model.check_query(query)
-        vectors = self.model.embed_texts(list(queries))
+            self.text_model.check_query(query)
+        vectors = self.text_model.embed_texts(list(queries))
         if self.approximate is not None:
             scores, rows = self.approximate.search(vectors, k)
         else:
@@ -441,14 +523,14 @@ class SearchEngine:
             raise QueryError("classify needs at least one label")
         for label in labels:
             try:
-                self.model.check_query(label)
+                self.text_model.check_query(label)
             except QueryError as exc:
                 raise QueryError(f"label {label!r}: {exc}", exc.unknown_words) from None
         embedded, indices, failures = self.embed_image_files([os.fspath(p) for p in images])
         ranked: list[list[CaptionHit] | None] = [None] * len(images)
         if not indices:
             return ranked, failures
-        scores, rows = exact_search(self.model.embed_texts(labels), embedded, min(k, len(labels)))
+        scores, rows = exact_search(self.text_model.embed_texts(labels), embedded, min(k, len(labels)))
         for position, image_scores, image_rows in zip(indices, scores, rows):
             ranked[position] = [
                 CaptionHit(rank + 1, labels[row], float(score))
@@ -466,7 +548,7 @@ class SearchEngine:
         unique = list(dict.fromkeys(captions))
         cached = self._caption_vectors
         if cached is None or cached[0] != unique:
-            cached = (unique, self.model.embed_texts(unique))
+            cached = (unique, self.text_model.embed_texts(unique))
             self._caption_vectors = cached
         scores, rows = exact_search(cached[1], embedded, k)
         return [CaptionHit(rank + 1, unique[row], float(s)) for rank, (s, row) in enumerate(zip(scores[0], rows[0]))]
@@ -486,4 +568,7 @@ def run_captions(run_dir: str | os.PathLike) -> list[str]:
     engine.annotate("photo.jpg", run_captions(engine.run_dir), k=3)
     ```
     """
+    from devise.datasets.from_config import load_records
+    from devise.datasets.report import DataReport
+
     return [record.caption for record in load_records(read_run_config(run_dir).data, DataReport())]
