@@ -82,7 +82,7 @@ def all_found(first: np.ndarray, second: np.ndarray, planted: np.ndarray, n: int
 
 
 def write_index(path: str, matrix: np.ndarray) -> ImageIndex:
-    files = [ImageFile(f"{i:07d}.jpg", f"/bench/{i:07d}.jpg", 0, 0) for i in range(len(matrix))]
+    files = [ImageFile(f"{i:07d}.jpg", f"/bench/{i:07d}.jpg", 0, 0, 0, "mtime") for i in range(len(matrix))]
     with new_index_file(path) as f:
         writer = create_index_file(
             f, files, model_fingerprint="bench", run_dir="", image_root="/bench", dim=matrix.shape[1]

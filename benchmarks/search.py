@@ -88,7 +88,7 @@ def copy_rate(nbytes: int, repeats: int = 5) -> float:
 def write_index(path: str, matrix: np.ndarray) -> None:
     """An index file of ``matrix`` written by devise's own writer (ids and file stats are made up)."""
     n, dim = matrix.shape
-    files = [ImageFile(f"{i:08d}.jpg", f"/benchmark/{i:08d}.jpg", 0, 0) for i in range(n)]
+    files = [ImageFile(f"{i:08d}.jpg", f"/benchmark/{i:08d}.jpg", 0, 0, 0, "mtime") for i in range(n)]
     with new_index_file(path) as f:
         writer = create_index_file(
             f, files, model_fingerprint="benchmark", run_dir="", image_root="/benchmark", dim=dim
