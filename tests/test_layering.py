@@ -28,6 +28,8 @@ FORBIDDEN = {
     # composition: training and search never import each other
     "devise.training": ("devise.search", *_SHELLS),
     "devise.search": ("devise.training", *_SHELLS),
+    # composition: the Beam pipeline reads runs and scans folders as search does, never training
+    "devise.pipelines": ("devise.training", *_SHELLS),
 }
 
 
