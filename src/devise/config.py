@@ -154,6 +154,8 @@ class ImageEncoderConfig:
     device: str | None = None
     cache_dir: str = "data/feature_cache"
     resize: Literal["crop", "pad"] = "crop"
+    # manifest.json of devise-beam-extract: features read from its shards, the rest through the cache.
+    features: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
