@@ -27,6 +27,7 @@ from devise.embeddings.vector_cache import load_word_vectors_cached
 from devise.embeddings.word_table import WordTable, build_word_table
 from devise.encoders.feature_cache import FeatureCache, default_cache_path
 from devise.encoders.feature_extractor import FeatureExtractor
+from devise.encoders.feature_shards import FeatureShards
 from devise.encoders.registry import feature_extractor_from_config
 from devise.errors import DeviseError
 from devise.losses.hinge_rank import HingeRankLoss
@@ -132,6 +133,16 @@ class Trainer:
         )
         images = unique_images(records)
         start = time.monotonic()
+        from_shards: dict[str, np.ndarray] = {}
+        if self.config.image_encoder.features:
+            # Written by devise-beam-extract, every shard verified; the cache computes what it lacks.
+            shards = FeatureShards.open(
+                self.config.image_encoder.features, extractor_fingerprint=extractor.fingerprint()
+            )
+            found = shards.lookup([r.image_path for r in images])
+            from_shards = {images[i].image_id: vector for i, vector in zip(found.positions, found.vectors)}
+            images = [images[i] for i in found.missing]
+            self.log(f"image features: {len(from_shards)} images from {shards.path}")
         table = cache.get_or_compute(
             extractor, [r.image_id for r in images], [r.image_path for r in images], progress=self.verbose
         )
@@ -142,7 +153,7 @@ class Trainer:
             f"image features: {len(table.ids)} images ({computed} computed, {len(table.ids) - computed} from "
             f"cache {cache.path}, {len(table.failures)} skipped) in {time.monotonic() - start:.1f}s"
         )
-        return table.as_dict()
+        return {**from_shards, **table.as_dict()}
 
     def word_vectors(self) -> WordVectors:
         """Every vector of the configured source (the table keeps ``max_words`` of them)."""
