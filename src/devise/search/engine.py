@@ -46,12 +46,18 @@ TEXT_BACKENDS = ("auto", "numpy", "keras")
 
 @dataclasses.dataclass(frozen=True)
 class SearchHit:
-    """One ranked image: its index id (path relative to the indexed folder), path and cosine score."""
+    """One ranked image: its index id (path relative to the indexed folder), path and cosine score.
+
+    ``date`` is the photo's date as the index stores it (ISO 8601, local time) and
+    ``date_source`` where it came from: ``"exif"`` or ``"mtime"`` (see :mod:`devise.search.photo_date`).
+    """
 
     rank: int
     id: str
     path: str
     score: float
+    date: str = ""
+    date_source: str = ""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -336,7 +342,7 @@ class SearchEngine:
             not_: text terms to steer away from.
             under: only photos in these folders (relative to the indexed
                 folder, or absolute inside it).
-            since, until: only photos modified in this range (inclusive;
+            since, until: only photos dated in this range (EXIF date, else modification time; inclusive;
                 ``YYYY-MM-DD`` is a local day, or an ISO date-time; see
                 :mod:`devise.search.filters`).
             min_score: drop results scoring below this (fewer than ``k`` may remain).
@@ -378,7 +384,7 @@ class SearchEngine:
                 not_weight=not_weight,
             )
             mask = SearchFilter(tuple(map(os.fspath, under)), since, until).mask(
-                self.index.ids, self.index.mtime_ns, self.index.image_root
+                self.index.ids, self.index.date_ns, self.index.image_root
             )
             if self.approximate is not None and mask is None:
                 scores, rows = self.approximate.search(vector[None, :], k)
@@ -477,7 +483,7 @@ class SearchEngine:
 
     def _hits(self, scores: np.ndarray, rows: np.ndarray) -> list[SearchHit]:
         return [
-            SearchHit(rank + 1, self.index.ids[row], self.index.paths[row], float(score))
+            SearchHit(rank + 1, self.index.ids[row], self.index.paths[row], float(score), *self.index.photo_date(row))
             for rank, (score, row) in enumerate(zip(scores, rows))
             if row >= 0
         ]
