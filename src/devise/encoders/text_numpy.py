@@ -109,7 +109,7 @@ class NumpyTextEncoder:
         self.lowercase = lowercase
         self.max_length = max_length
         # StringLookup's ids: 0 the padding (mask), 1 the unknown word, then the words in order.
-        self._ids = {word: i + 2 for i, word in enumerate(self.vocabulary)}
+        self._ids = dict(zip(self.vocabulary, range(2, len(self.vocabulary) + 2)))
         self.output_dim = projection[0].shape[1] if projection is not None else self._width()
 
     def _width(self) -> int:
