@@ -314,7 +314,7 @@ def create_app(
                 continue
             try:
                 with model_lock:
-                    unknown += [w for w in engine.model.check_query(text) if w not in unknown]
+                    unknown += [w for w in engine.check_query(text) if w not in unknown]
             except QueryError as exc:  # no word of the query has a vector
                 fail(400, f"not {text[:40]!r}: {exc}" if text != query else str(exc))
         if n_images:
