@@ -147,13 +147,23 @@ class WordVectorsConfig:
 class ImageEncoderConfig:
     """The frozen CNN whose features are cached and projected."""
 
-    backbone: Literal["vgg16", "efficientnet_lite0"] = "efficientnet_lite0"
+    backbone: Literal["vgg16", "efficientnet_lite0", "keras_application", "keras_model"] = "efficientnet_lite0"
     weights: str | None = "imagenet"
     allow_download: bool = False
     batch_size: int = _number(32, at_least=1, at_most=_LARGEST_COUNT)
     device: str | None = None
     cache_dir: str = "data/feature_cache"
     resize: Literal["crop", "pad"] = "crop"
+    # keras_application: the keras.applications network (ResNet50, VGG19, EfficientNetB0, ...).
+    application: str | None = None
+    # keras_application / keras_model: the feature layer (None: pooled last block / the output), and its pooling.
+    layer: str | None = None
+    pooling: Literal["avg", "max"] = "avg"
+    # keras_application: square input size (None: the network's own, 224 for most).
+    input_size: int | None = _number(None, at_least=32, at_most=4096)
+    # Threads decoding image files (None: one per CPU core); float16 compute on a GPU.
+    workers: int | None = _number(None, at_least=1, at_most=1024)
+    mixed_precision: bool = False
     # manifest.json of devise-beam-extract: features read from its shards, the rest through the cache.
     features: str | None = None
 
