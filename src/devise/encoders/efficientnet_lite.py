@@ -288,6 +288,8 @@ class EfficientNetLite0FeatureExtractor(FeatureExtractor):
         resize: how :meth:`extract_files` fits images to 224x224:
             ``"crop"`` (centre crop) or ``"pad"`` (keep the whole image, pad
             with white); see :func:`devise.datasets.images.load_image`.
+        workers: threads decoding image files (``None``: one per CPU core).
+        mixed_precision: float16 compute on a GPU (refused without one).
 
     Example:
 
@@ -318,8 +320,12 @@ class EfficientNetLite0FeatureExtractor(FeatureExtractor):
         batch_size: int = 32,
         device: str | None = None,
         resize: str = "crop",
+        workers: int | None = None,
+        mixed_precision: bool = False,
     ):
-        super().__init__(batch_size=batch_size, device=device, resize=resize)
+        super().__init__(
+            batch_size=batch_size, device=device, resize=resize, workers=workers, mixed_precision=mixed_precision
+        )
         if weights is not None and weights != "imagenet":
             weights = os.fspath(weights)
             _resolve_weights(weights)  # fail now, not at the first batch

@@ -2,13 +2,16 @@
 
 Training, evaluation and search all rebuild a run's backbone from its name
 and options, so the mapping lives here with the extractors, not in any of
-them. ``vgg16`` and ``efficientnet_lite0`` are registered on import; a new
-backbone is one :func:`register_extractor` call.
+them. ``vgg16``, ``efficientnet_lite0``, ``keras_application`` (any
+``keras.applications`` network, named by ``application``) and
+``keras_model`` (a ``.keras`` file, given as ``weights``) are registered on
+import; a new backbone is one :func:`register_extractor` call.
 
 Example:
 ```python
 extractor = devise.encoders.make_feature_extractor("efficientnet_lite0", batch_size=64)
 features = extractor.extract_files(["photo.jpg"]).features
+resnet = devise.encoders.make_feature_extractor("keras_application", application="ResNet50", weights=None)
 ```
 """
 
@@ -20,13 +23,15 @@ from typing import TYPE_CHECKING, Any
 
 from devise.encoders.efficientnet_lite import EfficientNetLite0FeatureExtractor
 from devise.encoders.feature_extractor import FeatureExtractor
+from devise.encoders.keras_applications import KerasApplicationFeatureExtractor, KerasModelFeatureExtractor
 from devise.encoders.vgg16 import VGG16FeatureExtractor
 from devise.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
     from devise.config import ImageEncoderConfig
 
-#: ``factory(weights, *, allow_download, device, resize[, batch_size])`` returning a :class:`FeatureExtractor`.
+#: ``factory(weights, *, allow_download, device, resize, workers, mixed_precision[, batch_size][, backbone
+#: options])`` returning a :class:`FeatureExtractor`.
 ExtractorFactory = Callable[..., FeatureExtractor]
 
 _FACTORIES: dict[str, ExtractorFactory] = {}
@@ -38,7 +43,9 @@ def register_extractor(name: str, factory: ExtractorFactory, *, replace: bool = 
     Args:
         name: the backbone's name (the value of ``image_encoder.backbone``).
         factory: called as ``factory(weights, allow_download=..., device=...,
-            resize=...)``, plus ``batch_size=...`` when one is given.
+            resize=..., workers=..., mixed_precision=...)``, plus
+            ``batch_size=...`` when one is given and any backbone options
+            (such as ``application``, ``layer``, ``pooling``, ``input_size``).
         replace: allow replacing a registered backbone.
 
     Raises:
@@ -62,6 +69,9 @@ def make_feature_extractor(
     batch_size: int | None = None,
     device: str | None = None,
     resize: str = "crop",
+    workers: int | None = None,
+    mixed_precision: bool = False,
+    **backbone_options: Any,
 ) -> FeatureExtractor:
     """The feature extractor of a registered backbone.
 
@@ -72,6 +82,11 @@ def make_feature_extractor(
         batch_size: images per forward pass (``None``: the backbone's default).
         device: where to run (``None``: the active strategy's placement).
         resize: ``"crop"`` or ``"pad"`` (see :func:`devise.datasets.load_image`).
+        workers: threads decoding image files (``None``: one per CPU core).
+        mixed_precision: float16 compute (GPU only).
+        backbone_options: passed to the backbone's factory (``keras_application``:
+            ``application``, ``layer``, ``pooling``, ``input_size``; ``keras_model``:
+            ``layer``, ``pooling``, ``preprocessing``).
 
     Raises:
         ConfigError: ``backbone`` is not registered.
@@ -79,7 +94,14 @@ def make_feature_extractor(
     factory = _FACTORIES.get(backbone)
     if factory is None:
         raise ConfigError(f"unknown image backbone {backbone!r}; registered: {', '.join(extractor_names())}")
-    options: dict[str, Any] = {"allow_download": allow_download, "device": device, "resize": resize}
+    options: dict[str, Any] = {
+        "allow_download": allow_download,
+        "device": device,
+        "resize": resize,
+        "workers": workers,
+        "mixed_precision": mixed_precision,
+        **backbone_options,
+    }
     if batch_size is not None:
         options["batch_size"] = batch_size
     return factory(weights, **options)
@@ -91,8 +113,19 @@ def feature_extractor_from_config(image_encoder: ImageEncoderConfig) -> FeatureE
     Args:
         image_encoder: an object with the attributes of
             :class:`devise.config.ImageEncoderConfig` (``backbone``,
-            ``weights``, ``allow_download``, ``batch_size``, ``device``, ``resize``).
+            ``weights``, ``allow_download``, ``batch_size``, ``device``,
+            ``resize``; and, where it has them, ``workers``,
+            ``mixed_precision``, ``application``, ``layer``, ``pooling``,
+            ``input_size``).
     """
+    options: dict[str, Any] = {}
+    if image_encoder.backbone == "keras_application":
+        options["application"] = getattr(image_encoder, "application", None)
+        size = getattr(image_encoder, "input_size", None)
+        options["input_size"] = (size, size) if isinstance(size, int) else size
+    if image_encoder.backbone in ("keras_application", "keras_model"):
+        options["layer"] = getattr(image_encoder, "layer", None)
+        options["pooling"] = getattr(image_encoder, "pooling", "avg")
     return make_feature_extractor(
         image_encoder.backbone,
         weights=image_encoder.weights,
@@ -100,6 +133,9 @@ def feature_extractor_from_config(image_encoder: ImageEncoderConfig) -> FeatureE
         batch_size=image_encoder.batch_size,
         device=image_encoder.device,
         resize=image_encoder.resize,
+        workers=getattr(image_encoder, "workers", None),
+        mixed_precision=getattr(image_encoder, "mixed_precision", False),
+        **options,
     )
 
 
@@ -108,5 +144,22 @@ def _efficientnet_lite0(weights, *, allow_download: bool = False, **options) -> 
     return EfficientNetLite0FeatureExtractor(weights, **options)
 
 
+def _keras_application(weights, *, application: str | None = None, **options) -> FeatureExtractor:
+    if not application:
+        raise ConfigError(
+            "image_encoder.application: backbone keras_application needs the network's name "
+            "(e.g. application=ResNet50, EfficientNetB0, VGG19)"
+        )
+    return KerasApplicationFeatureExtractor(application, weights, **options)
+
+
+def _keras_model(weights, *, allow_download: bool = False, **options) -> FeatureExtractor:
+    if not weights or weights in ("imagenet", "none"):
+        raise ConfigError("image_encoder.weights: backbone keras_model needs the path of a .keras file as weights")
+    return KerasModelFeatureExtractor(weights, **options)
+
+
 register_extractor("vgg16", VGG16FeatureExtractor)
 register_extractor("efficientnet_lite0", _efficientnet_lite0)
+register_extractor("keras_application", _keras_application)
+register_extractor("keras_model", _keras_model)

@@ -93,6 +93,8 @@ class VGG16FeatureExtractor(FeatureExtractor):
             ``"crop"`` (centre crop, the ImageNet convention) or ``"pad"`` (keep the
             whole image, pad with white); see
             :func:`devise.datasets.images.load_image`.
+        workers: threads decoding image files (``None``: one per CPU core).
+        mixed_precision: float16 compute on a GPU (refused without one).
 
     Example:
     ```python
@@ -117,8 +119,12 @@ class VGG16FeatureExtractor(FeatureExtractor):
         batch_size: int = 16,
         device: str | None = None,
         resize: str = "crop",
+        workers: int | None = None,
+        mixed_precision: bool = False,
     ):
-        super().__init__(batch_size=batch_size, device=device, resize=resize)
+        super().__init__(
+            batch_size=batch_size, device=device, resize=resize, workers=workers, mixed_precision=mixed_precision
+        )
         self.weights = None if weights in (None, "none") else weights
         self.allow_download = allow_download
 
