@@ -331,12 +331,12 @@ def embed_from_shards(
         model_fingerprint: the fingerprint of the model that embeds.
         project: features to joint-space embeddings.
         fallback: embeds the files the shards do not hold.
-        counts: if given, ``"from_shards"`` and ``"extracted"`` are added up in it.
+        counts: if given, ``"from_shards"`` and ``"not_in_shards"`` (files sent to ``fallback``) are added up in it.
     """
     what = "embeddings" if shards.model_fingerprint == model_fingerprint else "features"
     tally = counts if counts is not None else {}
     tally.setdefault("from_shards", 0)
-    tally.setdefault("extracted", 0)
+    tally.setdefault("not_in_shards", 0)
 
     def embed(paths: list[str]):
         found = shards.lookup(paths, what)
@@ -348,7 +348,7 @@ def embed_from_shards(
             vectors = np.concatenate([np.asarray(vectors, np.float32), np.asarray(more, np.float32)])
             positions += [found.missing[p] for p in more_positions]
         tally["from_shards"] += len(found.positions)
-        tally["extracted"] += len(found.missing)
+        tally["not_in_shards"] += len(found.missing)
         return vectors, positions, failures
 
     return embed

@@ -157,17 +157,18 @@ def run_extraction(
     if run_dir is not None:
         with _local_run(run_dir) as local:
             check_run_complete(local)
-            run_encoder = read_run_config(local).image_encoder
-            if image_encoder is not None and image_encoder != run_encoder:
-                raise DeviseError(f"{run_dir}: the run was trained on another image_encoder than the one given")
-            image_encoder = run_encoder
+            # A given image_encoder must make the run's features (checked by fingerprint below).
+            image_encoder = image_encoder or read_run_config(local).image_encoder
             model = DeViSEModel.load(local)
             model_fingerprint, embedding_dim = model.fingerprint(), model.joint_dim
         model_file = _join(run_dir, MODEL_FILE)
     image_encoder = image_encoder or ImageEncoderConfig()
     extractor = feature_extractor_from_config(image_encoder)
     if run_dir is not None and model.image_fingerprint and model.image_fingerprint != extractor.fingerprint():
-        raise DeviseError(f"{run_dir}: the model was trained on '{model.image_fingerprint}' features")
+        raise DeviseError(
+            f"{run_dir}: the model was trained on '{model.image_fingerprint}' features, not "
+            f"'{extractor.fingerprint()}'; leave out --config to use the run's image_encoder"
+        )
     _prepare_out_dir(out_dir)
 
     options = PipelineOptions(list(pipeline_args))
@@ -176,7 +177,8 @@ def run_extraction(
         pipeline
         | "ListImages" >> beam.Create(images)
         | "Spread" >> beam.Reshuffle()
-        | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=image_encoder.batch_size)
+        | "Batch"
+        >> beam.BatchElements(min_batch_size=image_encoder.batch_size, max_batch_size=image_encoder.batch_size)
         | "Extract" >> beam.ParDo(_ExtractFn(image_encoder, model_file)).with_outputs(_FAILURES, main="rows")
     )
     fingerprints = {"extractor_fingerprint": extractor.fingerprint(), "model_fingerprint": model_fingerprint}
