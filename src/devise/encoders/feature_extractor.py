@@ -253,7 +253,7 @@ class FeatureExtractor(abc.ABC):
         """
         paths = list(paths)
         workers = workers or self.workers or default_workers()
-        window = 2 * self.batch_size + workers
+        window = self.batch_size + workers  # futures queued beyond the batch being assembled
         size, resize = self.input_size, self.resize
         pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="devise-decode")
         pending: collections.deque = collections.deque()
