@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", help="YAML config whose image_encoder section names the backbone (default: the run's)"
     )
     parser.add_argument("--shards", type=int, default=16, help="number of shard files (default 16)")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines from the workers")
     return parser
 
 
@@ -58,6 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             num_shards=args.shards,
             pipeline_args=beam_args,
             source=args.images or args.file_list,
+            progress=not args.quiet,
         )
         print(summary.summary())
         return 0

@@ -55,6 +55,7 @@ from devise.encoders.feature_shards import MANIFEST_FILE, ShardInfo, ShardRows, 
 from devise.encoders.registry import feature_extractor_from_config
 from devise.errors import DeviseError
 from devise.model import MODEL_FILE, DeViSEModel
+from devise.progress import ProgressBar
 from devise.runs import COMPLETE_FILE, CONFIG_FILE, check_run_complete, read_run_config
 from devise.search.scan import scan_images
 
@@ -128,6 +129,7 @@ def run_extraction(
     num_shards: int = 16,
     pipeline_args: Sequence[str] = (),
     source: str = "",
+    progress: bool = True,
 ) -> ExtractionSummary:
     """Extract ``images`` into shards and a manifest in ``out_dir`` on the runner the options name.
 
@@ -142,6 +144,9 @@ def run_extraction(
         pipeline_args: Beam pipeline options (``--runner``, ``--project`` ...);
             none runs on the direct runner.
         source: what the images were listed from, recorded in the manifest.
+        progress: each worker prints its progress on its stderr (on the
+            direct runner, the terminal; on a cluster, the worker logs, next
+            to the runner's own monitoring of the ``devise`` counters).
 
     Raises:
         DeviseError: an unfinished run, an extractor that is not the run's,
@@ -179,7 +184,10 @@ def run_extraction(
         | "Spread" >> beam.Reshuffle()
         | "Batch"
         >> beam.BatchElements(min_batch_size=image_encoder.batch_size, max_batch_size=image_encoder.batch_size)
-        | "Extract" >> beam.ParDo(_ExtractFn(image_encoder, model_file)).with_outputs(_FAILURES, main="rows")
+        | "Extract"
+        >> beam.ParDo(_ExtractFn(image_encoder, model_file, len(images) if progress else 0)).with_outputs(
+            _FAILURES, main="rows"
+        )
     )
     fingerprints = {"extractor_fingerprint": extractor.fingerprint(), "model_fingerprint": model_fingerprint}
     shards = (
@@ -229,9 +237,10 @@ class _ExtractFn(beam.DoFn):
     The backbone (and the run's model) is built once per worker, in ``setup()``.
     """
 
-    def __init__(self, image_encoder: ImageEncoderConfig, model_file: str):
+    def __init__(self, image_encoder: ImageEncoderConfig, model_file: str, total: int = 0):
         self.image_encoder = image_encoder
         self.model_file = model_file
+        self.total = total  # images in the whole job; 0: no progress shown
         self.extracted = Metrics.counter(NAMESPACE, "images_extracted")
         self.skipped = Metrics.counter(NAMESPACE, "images_skipped")
 
@@ -246,6 +255,9 @@ class _ExtractFn(beam.DoFn):
                 local = os.path.join(self._tmp, MODEL_FILE)
                 _copy_down(self.model_file, local)
             self._model = DeViSEModel.load(local)
+        # A worker sees its share of the job: with several workers no bar reaches the total.
+        self._done = 0
+        self._bar = ProgressBar("devise-beam-extract (this worker)") if self.total else None
 
     def teardown(self):
         shutil.rmtree(getattr(self, "_tmp", ""), ignore_errors=True)
@@ -270,6 +282,9 @@ class _ExtractFn(beam.DoFn):
                 embedding = embeddings[row] if embeddings is not None else None
                 yield (path, size, mtime_ns, sha, result.features[row], embedding)
             self.extracted.inc(len(result.indices))
+            self._done += len(paths)
+            if self._bar is not None:
+                self._bar.update(self._done, self.total)
         finally:
             for path, local, *_ in staged:
                 if local != path:
