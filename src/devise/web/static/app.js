@@ -111,7 +111,8 @@
     main.classList.add("with-detail");
     $("detail-img").src = hit.image_url;
     $("detail-img").alt = hit.id;
-    $("detail-id").textContent = hit.id + " \u00b7 score " + hit.score.toFixed(3);
+    const when = dated(hit);
+    $("detail-id").replaceChildren(hit.id + " \u00b7 score " + hit.score.toFixed(3), ...(when ? [el("br"), when] : []));
     captions.replaceChildren(el("li", "", "\u2026"));
     try {
       const data = await getJSON(hit.captions_url + "?k=5");
@@ -124,6 +125,26 @@
     } catch (error) {
       if (seq === detailSeq) captions.replaceChildren(el("li", "error", error.message));
     }
+  }
+
+  // The photo's date as the index stores it: when it was taken (EXIF), else when its file was modified.
+  function dated(hit) {
+    if (!hit.date) return "";
+    return (hit.date_source === "exif" ? "taken " : "modified ") + hit.date.slice(0, 16).replace("T", " ");
+  }
+
+  // A URL's combined query or filters (what /api/search takes besides q and like_row) in words.
+  function describe(params) {
+    const quoted = (text) => "\u201c" + text + "\u201d";
+    const parts = [];
+    if (params.get("q")) parts.push("for " + quoted(params.get("q")));
+    params.getAll("like_row").forEach((row) => parts.push("like image " + row));
+    params.getAll("not").forEach((text) => parts.push("not " + quoted(text)));
+    params.getAll("under").forEach((folder) => parts.push("in " + folder + "/"));
+    if (params.get("since")) parts.push("since " + params.get("since"));
+    if (params.get("until")) parts.push("until " + params.get("until"));
+    if (params.get("min_score")) parts.push("scoring at least " + params.get("min_score"));
+    return parts.join(", ");
   }
 
   function close() {
@@ -142,9 +163,16 @@
   $("dups").addEventListener("click", () => duplicates());
   document.addEventListener("keydown", (event) => { if (event.key === "Escape") close(); });
 
+  // A page URL runs its query: a bookmark, or a combined / filtered query written by hand
+  // (?q=...&like_row=...&not=...&under=...&since=...&until=...&min_score=..., as /api/search takes them).
+  const QUERY_KEYS = ["q", "k", "like_row", "not", "text_weight", "like_weight", "not_weight", "under", "since", "until", "min_score"];
   const params = new URLSearchParams(location.search);
   if (params.get("k")) kInput.value = params.get("k");
-  if (params.get("q")) { q.value = params.get("q"); search(q.value.trim(), kInput.value); }
-  else if (params.get("like_row")) searchLike({ row: params.get("like_row"), id: "image " + params.get("like_row") }, kInput.value);
+  if (params.get("q") || params.get("like_row")) {
+    const query = new URLSearchParams([...params].filter(([key]) => QUERY_KEYS.includes(key)));
+    if (!query.get("k")) query.set("k", kInput.value || kInput.defaultValue);
+    q.value = params.get("q") || "";
+    run(query, describe(query));
+  }
   else if (params.get("duplicates")) duplicates(params.get("duplicates"));
 })();
