@@ -135,3 +135,38 @@ def chief_first(strategy) -> Iterator[None]:
     finally:
         if chief:
             gather_from_workers(strategy, 0.0)
+
+
+def clip_after_summing(optimizer, strategy) -> None:
+    """Make ``optimizer`` clip the gradient summed over replicas, as one device clips the global batch's.
+
+    Keras 3 clips each replica's share of the gradient (``clipnorm``,
+    ``global_clipnorm``, ``clipvalue``) before the optimizer sums the shares
+    across replicas, so whenever clipping bites, N replicas take another step
+    than one device on the same global batch. With several replicas in sync
+    this optimizer sums first (an all-reduce), clips the sum, and hands each
+    replica ``1 / N`` of the clipped sum, which the optimizer's own sum makes
+    whole again: one extra all-reduce of the gradients per step, and only when
+    clipping is configured. It overrides the instance's ``_clip_gradients``
+    (Keras' hook between the gradients and the update), not the class, so the
+    saved model's optimizer is the plain Keras one.
+    """
+    replicas = strategy.num_replicas_in_sync
+    clips = optimizer.clipnorm or optimizer.global_clipnorm or optimizer.clipvalue
+    if replicas == 1 or not clips:
+        return
+    clip_share = optimizer._clip_gradients  # Keras' own clipping, bound to this optimizer
+
+    def clip_the_sum(grads):
+        context = tf.distribute.get_replica_context()
+        if context is None or context.num_replicas_in_sync == 1:
+            return clip_share(grads)
+        present = [i for i, g in enumerate(grads) if g is not None]
+        summed = context.all_reduce("SUM", [tf.convert_to_tensor(grads[i]) for i in present])
+        clipped = clip_share(summed)
+        out = list(grads)
+        for i, g in zip(present, clipped):
+            out[i] = g / replicas
+        return out
+
+    optimizer._clip_gradients = clip_the_sum

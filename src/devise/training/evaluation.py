@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+import keras
 import numpy as np
 
 from devise.datasets.records import CaptionRecord
@@ -176,3 +177,44 @@ def format_markdown_report(metrics: dict, *, run_dir: str, split: str) -> str:
             name = str(category).replace("|", "\\|")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def validation_rsum(metrics: dict) -> float:
+    """R-sum: R@1 + R@5 + R@10 in both directions (the trainer's model-selection score)."""
+    return sum(metrics[d][k] for d in ("text_to_image", "image_to_text") for k in ("R@1", "R@5", "R@10"))
+
+
+class BestValidationRecall(keras.callbacks.Callback):
+    """Validation R-sum (R@1+5+10, both directions) each epoch; keeps the best weights.
+
+    Args:
+        model: the model being trained.
+        records: validation records.
+        features: image features by id.
+        log: where to report the restored epoch.
+    """
+
+    def __init__(self, model: DeViSEModel, records, features, *, log=print):
+        super().__init__()
+        self.devise_model = model
+        self.records = records
+        self.features = features
+        self.log = log
+        self.best = -1.0
+        self.best_epoch = -1
+        self.best_weights = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        metrics = evaluate_retrieval(self.devise_model, self.records, self.features)
+        rsum = validation_rsum(metrics)
+        if logs is not None:
+            logs["val_rsum"] = rsum
+            logs["val_t2i_R@10"] = metrics["text_to_image"]["R@10"]
+        if rsum > self.best:
+            self.best, self.best_epoch = rsum, epoch
+            self.best_weights = self.devise_model.keras_model.get_weights()
+
+    def restore_best(self) -> None:
+        if self.best_weights is not None:
+            self.devise_model.keras_model.set_weights(self.best_weights)
+            self.log(f"restored the weights of epoch {self.best_epoch + 1} (best validation R-sum {self.best:.1f})")

@@ -34,6 +34,7 @@ from devise.losses.hinge_rank import HingeRankLoss
 from devise.model import DeViSEJointModel, DeViSEModel, build_devise_model
 from devise.training.distribution import (
     chief_first,
+    clip_after_summing,
     gather_from_workers,
     is_chief,
     is_multi_worker,
@@ -41,7 +42,13 @@ from devise.training.distribution import (
     replica_batches,
     worker_name,
 )
-from devise.training.evaluation import caption_key, evaluate_retrieval, format_metrics_table
+from devise.training.evaluation import (
+    BestValidationRecall,
+    caption_key,
+    evaluate_retrieval,
+    format_metrics_table,
+    validation_rsum,
+)
 from devise.training.precision import precision_policy
 from devise.training.resources import check_resources
 from devise.training.resume import (
@@ -96,6 +103,8 @@ class Trainer:
         config: the experiment config (see :func:`devise.load_config`).
         run_dir: where to write; default ``<output_dir>/<name>-<timestamp>``.
         verbose: print progress bars and the final table.
+        callbacks: more Keras callbacks for ``fit``, called after the trainer's own
+            (whose epoch-end work, validation and checkpoint included, is then done).
 
     Example:
     ```python
@@ -105,8 +114,16 @@ class Trainer:
     ```
     """
 
-    def __init__(self, config: ExperimentConfig, *, run_dir: str | None = None, verbose: bool = True):
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        *,
+        run_dir: str | None = None,
+        verbose: bool = True,
+        callbacks: Sequence[keras.callbacks.Callback] = (),
+    ):
         self.config = config
+        self.callbacks = list(callbacks)
         self.run_dir = run_dir
         self._config_hash = config_digest(config_to_dict(config))
         self._resume_state = None  # an interrupted run's checkpoint, read by run()
@@ -366,6 +383,7 @@ class Trainer:
                 "adagrad": keras.optimizers.Adagrad,
                 "sgd": keras.optimizers.SGD,
             }[tc.optimizer](learning_rate=tc.learning_rate, clipnorm=tc.clip_norm, weight_decay=tc.weight_decay or None)
+            clip_after_summing(optimizer, strategy)  # Keras would clip each replica's share
             if tc.weight_decay:
                 # Weight decay regularises the image side only: the text side's table and recurrent weights keep theirs.
                 optimizer.exclude_from_weight_decay(var_list=keras_model.text_encoder.trainable_variables)
@@ -464,8 +482,9 @@ class Trainer:
                 epochs=tc.epochs,
                 initial_epoch=first_epoch,
                 steps_per_epoch=math.ceil(len(splits["train"]) / tc.batch_size),
+                validation_steps=math.ceil(len(splits["val"]) / tc.batch_size) if splits.get("val") else None,
                 shuffle=False,  # the dataset shuffles itself, epoch by epoch
-                callbacks=callbacks,
+                callbacks=callbacks + self.callbacks,
                 # Keras prints to stdout: a live progress bar on a terminal, one line per epoch elsewhere.
                 verbose=0 if not self.verbose else 1 if sys.stdout.isatty() else 2,
             )
@@ -522,7 +541,7 @@ class Trainer:
             kernel = vt.T @ ((s / (s**2 + penalty))[:, None] * ut_t)
             bias = t_mean - x_mean @ kernel
             keras_model.image_projector.dense.set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
-            rsum = _rsum(evaluate_retrieval(model, splits["val"], features)) if splits.get("val") else 0.0
+            rsum = validation_rsum(evaluate_retrieval(model, splits["val"], features)) if splits.get("val") else 0.0
             history["ridge_penalty"].append(penalty)
             history["val_rsum"].append(rsum)
             if best is None or rsum > best[0]:
@@ -531,10 +550,6 @@ class Trainer:
         keras_model.image_projector.dense.set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
         self.log(f"ridge regression: penalty {penalty:.3g} chosen (validation R-sum {rsum:.1f})")
         return model, history
-
-
-def _rsum(metrics: dict) -> float:
-    return sum(metrics[d][k] for d in ("text_to_image", "image_to_text") for k in ("R@1", "R@5", "R@10"))
 
 
 def caption_word_stats(
@@ -552,39 +567,3 @@ def caption_word_stats(
         "unseen_in_training_rate": sum(unseen.values()) / len(tokens) if tokens else 0.0,
         "most_common_not_in_table": unknown.most_common(20),
     }
-
-
-class BestValidationRecall(keras.callbacks.Callback):
-    """Validation R-sum (R@1+5+10, both directions) each epoch; keeps the best weights.
-
-    Args:
-        model: the model being trained.
-        records: validation records.
-        features: image features by id.
-        log: where to report the restored epoch.
-    """
-
-    def __init__(self, model: DeViSEModel, records, features, *, log=print):
-        super().__init__()
-        self.devise_model = model
-        self.records = records
-        self.features = features
-        self.log = log
-        self.best = -1.0
-        self.best_epoch = -1
-        self.best_weights = None
-
-    def on_epoch_end(self, epoch, logs=None):
-        metrics = evaluate_retrieval(self.devise_model, self.records, self.features)
-        rsum = _rsum(metrics)
-        if logs is not None:
-            logs["val_rsum"] = rsum
-            logs["val_t2i_R@10"] = metrics["text_to_image"]["R@10"]
-        if rsum > self.best:
-            self.best, self.best_epoch = rsum, epoch
-            self.best_weights = self.devise_model.keras_model.get_weights()
-
-    def restore_best(self) -> None:
-        if self.best_weights is not None:
-            self.devise_model.keras_model.set_weights(self.best_weights)
-            self.log(f"restored the weights of epoch {self.best_epoch + 1} (best validation R-sum {self.best:.1f})")
