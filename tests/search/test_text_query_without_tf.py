@@ -87,6 +87,7 @@ def _cli_args(index, query_args):
     return ["--index", str(index), *query_args, "--json"]
 
 
+@pytest.mark.slow  # a fresh Python process (about 3 s idle, much more on a loaded machine)
 def test_devise_search_in_a_fresh_process_never_imports_tensorflow(lstm_search):
     run, index = lstm_search
     script = textwrap.dedent(
