@@ -81,10 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="only photos in this folder of the index (repeatable)",
     )
     filters.add_argument(
-        "--since", metavar="DATE", help="only photos modified on or after DATE (YYYY-MM-DD local day, or ISO date-time)"
+        "--since",
+        metavar="DATE",
+        help="only photos dated on or after DATE (EXIF date, else mtime; YYYY-MM-DD local day, or ISO date-time)",
     )
     filters.add_argument(
-        "--until", metavar="DATE", help="only photos modified on or before DATE (a day counts to its end)"
+        "--until", metavar="DATE", help="only photos dated on or before DATE (a day counts to its end)"
     )
     parser.add_argument("-k", type=int, default=10, help="number of results (default 10)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
