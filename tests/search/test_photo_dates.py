@@ -13,7 +13,7 @@ import types
 import h5py
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from devise.search import scan
 from devise.search.engine import SearchEngine
@@ -116,6 +116,23 @@ def test_exif_dates_are_parsed_and_garbage_is_refused(paris_time):
     ):
         assert parse_exif_date(garbage, now=now) is None, garbage
     assert parse_exif_date("2026:01:01 20:00:00", now=now) is not None  # later today: a clock a few hours off
+
+
+def test_a_png_date_comes_from_an_exif_chunk_before_the_pixels_which_are_never_decoded(
+    tmp_path, monkeypatch, paris_time
+):
+    exif = Image.Exif()
+    exif[306] = "2015:03:03 12:00:00"
+    exif.get_ifd(0x8769)[36867] = "2019:07:14 10:00:00"
+    Image.new("RGB", (8, 6)).save(tmp_path / "with.png", exif=exif)  # Pillow writes eXIf before IDAT
+    Image.new("RGB", (8, 6)).save(tmp_path / "without.png")
+    loads = []
+    real_load = PngImagePlugin.PngImageFile.load
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", lambda self: (loads.append(self), real_load(self))[1])
+    taken = int(dt.datetime(2019, 7, 14, 8, 0, tzinfo=dt.UTC).timestamp()) * 10**9
+    assert photo_date(str(tmp_path / "with.png"), 5) == (taken, "exif")
+    assert photo_date(str(tmp_path / "without.png"), 5) == (5, "mtime")
+    assert loads == []  # Pillow's getexif() would have decoded the PNG without eXIf to look after its pixels
 
 
 def test_the_index_stores_each_photos_date_and_its_source(tmp_path, dated_photos):

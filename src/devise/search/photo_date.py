@@ -24,9 +24,10 @@ than a day after the indexing) is ignored, and the next tag, finally the
 modification time, is used. So is a file Pillow cannot open: its date is
 never a reason to skip a photo (the embedding decides that).
 
-PNG files may carry an ``eXIf`` chunk; Pillow sees it only when it comes
-before the pixel data (where the PNG specification asks for it), as the
-pixels are not read here.
+PNG files may carry an ``eXIf`` chunk; it is read only when it comes
+before the pixel data (where the PNG specification asks for it): to find
+one after them, Pillow's ``getexif`` would decode the whole image (measured:
+550 ms for a 3000x3000 PNG, against under 1 ms for its header).
 """
 
 from __future__ import annotations
@@ -102,6 +103,9 @@ def exif_date(path: str) -> dt.datetime | None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # DecompressionBombWarning: the pixels are not decoded here
             with Image.open(path) as img:
+                if img.format == "PNG" and "exif" not in img.info:
+                    # Pillow's PNG getexif() decodes every pixel to look for an eXIf chunk after them.
+                    return None
                 ifd0 = img.getexif()
                 exif_ifd = ifd0.get_ifd(_EXIF_IFD)
     except Exception:  # Pillow raises many kinds for a file it cannot parse: such a file just has no EXIF date
