@@ -1,0 +1,119 @@
+"""``devise-extract``: a folder or a config's dataset into the feature cache the Trainer reads."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from devise.cli.extract import main
+from devise.config import load_config
+from devise.datasets.report import DataReport
+from devise.encoders import FeatureCache, default_cache_path, feature_extractor_from_config
+from devise.training.trainer import Trainer
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> str:
+    """A user's own small .keras model (16x16 in, 4-d features): fast, and a real backbone of the CLI."""
+    images = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(4, 3, name="conv")(keras.layers.Rescaling(1 / 255)(images))
+    model = keras.Model(images, keras.layers.GlobalAveragePooling2D(name="features")(x))
+    path = tmp_path_factory.mktemp("model") / "tiny.keras"
+    model.save(path)
+    return str(path)
+
+
+def _photos(folder, n: int, bad: int | None = None) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    paths = []
+    for k in range(n):
+        path = folder / f"photo{k}.png"
+        if k == bad:
+            path.write_bytes(b"broken")
+        else:
+            Image.fromarray(rng.integers(0, 256, (20 + k, 24, 3), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    return paths
+
+
+def _backbone(model: str) -> list[str]:
+    return ["image_encoder.backbone=keras_model", f"image_encoder.weights={model}", "image_encoder.batch_size=2"]
+
+
+def test_a_folder_into_a_cache_then_nothing_more_to_do(tmp_path, tiny_model, capsys):
+    photos = _photos(tmp_path / "photos", 5, bad=3)
+    out = tmp_path / "features.h5"
+    args = ["--images", str(tmp_path / "photos"), "--out", str(out), "--json", *_backbone(tiny_model)]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["images"], summary["extracted"], summary["cached"], summary["skipped"]) == (5, 4, 0, 1)
+    assert summary["failures"][0]["path"] == photos[3] and "cannot decode" in summary["failures"][0]["reason"]
+    assert summary["images_per_second"] > 0 and summary["cache"] == str(out)
+
+    assert main(args) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert (again["extracted"], again["cached"], again["skipped"]) == (0, 4, 1)
+    extractor = feature_extractor_from_config(load_config(None, _backbone(tiny_model)).image_encoder)
+    cached = FeatureCache(out, extractor.fingerprint()).read()
+    assert sorted(cached) == ["photo0.png", "photo1.png", "photo2.png", "photo4.png"]
+
+
+def test_progress_and_the_summary_line(tmp_path, tiny_model, capsys):
+    _photos(tmp_path / "photos", 3)
+    out = tmp_path / "f.h5"
+    assert main(["--images", str(tmp_path / "photos"), "--out", str(out), *_backbone(tiny_model)]) == 0
+    captured = capsys.readouterr()
+    assert f"{out}: 3 images: 3 extracted (" in captured.out and "images/s" in captured.out
+    assert "3/3" in captured.err and "/s" in captured.err  # the bar: count, rate, then ETA or time
+
+
+def test_a_config_fills_the_cache_the_trainer_reads(tmp_path, tiny_model, capsys):
+    photos = _photos(tmp_path / "photos", 4)
+    manifest = tmp_path / "captions.jsonl"
+    manifest.write_text(
+        "".join(json.dumps({"image": p, "caption": f"photo number {k}"}) + "\n" for k, p in enumerate(photos))
+    )
+    overrides = [
+        "data.dataset=manifest",
+        f"data.annotations={manifest}",
+        f"image_encoder.cache_dir={tmp_path / 'cache'}",
+        *_backbone(tiny_model),
+    ]
+    assert main(["--json", "--config", _yaml(tmp_path), *overrides]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    config = load_config(_yaml(tmp_path), overrides)
+    extractor = feature_extractor_from_config(config.image_encoder)
+    assert summary["cache"] == str(default_cache_path(tmp_path / "cache", extractor))
+    assert summary["extracted"] == 4
+
+    # The Trainer finds every image in that cache: nothing to compute.
+    trainer = Trainer(config, verbose=True)
+    report = DataReport()
+    features = trainer.image_features(trainer.load_records(report), report)
+    assert len(features) == 4
+    assert "(0 computed, 4 from cache" in capsys.readouterr().err
+
+
+def _yaml(tmp_path) -> str:
+    path = tmp_path / "extract.yaml"
+    path.write_text("name: extract-test\n")
+    return str(path)
+
+
+def test_bad_input_is_one_line_and_a_failing_exit_code(tmp_path, tiny_model, capsys):
+    assert main(["--images", str(tmp_path / "nowhere"), *_backbone(tiny_model)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "devise-extract: error:" in err and "nowhere" in err
+
+    _photos(tmp_path / "photos", 1)
+    (tmp_path / "a-folder.h5").mkdir()
+    assert main(["--images", str(tmp_path / "photos"), "--out", str(tmp_path / "a-folder.h5"), *_backbone(tiny_model)])
+    assert "is a folder" in capsys.readouterr().err
+
+    assert main(["--images", str(tmp_path / "photos"), "image_encoder.backbone=resnet9"]) == 2
+    assert "image_encoder.backbone" in capsys.readouterr().err
