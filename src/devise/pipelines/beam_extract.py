@@ -40,6 +40,7 @@ from devise.errors import OptionalDependencyError
 
 try:
     import apache_beam as beam
+    from apache_beam.io.filesystem import CompressionTypes
     from apache_beam.io.filesystems import FileSystems
     from apache_beam.metrics.metric import Metrics, MetricsFilter
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -62,6 +63,8 @@ from devise.search.scan import scan_images
 NAMESPACE = "devise"
 _FAILURES = "failures"
 _SHARD_PREFIX = "features-"
+# Bytes as they are: Beam would otherwise guess a compression from the file name.
+_RAW = CompressionTypes.UNCOMPRESSED
 
 
 @dataclasses.dataclass
@@ -354,12 +357,12 @@ def _local_target(out_dir: str, name: str):
     with tempfile.TemporaryDirectory(prefix="devise-beam-") as tmp:
         local = os.path.join(tmp, name)
         yield local
-        with open(local, "rb") as src, FileSystems.create(_join(out_dir, name)) as dst:
+        with open(local, "rb") as src, FileSystems.create(_join(out_dir, name), compression_type=_RAW) as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
 
 
 def _copy_down(url: str, local: str) -> None:
-    with FileSystems.open(url) as src, open(local, "wb") as dst:
+    with FileSystems.open(url, compression_type=_RAW) as src, open(local, "wb") as dst:
         shutil.copyfileobj(src, dst, 1 << 20)
 
 
