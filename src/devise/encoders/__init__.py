@@ -17,6 +17,8 @@ _NAMES = {
     "FeatureCache": "devise.encoders.feature_cache",
     "FeatureTable": "devise.encoders.feature_cache",
     "default_cache_path": "devise.encoders.feature_cache",
+    "FeatureShards": "devise.encoders.feature_shards",
+    "embed_from_shards": "devise.encoders.feature_shards",
     "ExtractionResult": "devise.encoders.feature_extractor",
     "FeatureExtractor": "devise.encoders.feature_extractor",
     "L2Normalize": "devise.encoders.projector",
