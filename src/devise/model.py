@@ -233,6 +233,7 @@ class DeViSEModel:
         if not isinstance(keras_model, DeViSEJointModel):
             raise TypeError(f"DeViSEModel wraps a DeViSEJointModel, got {type(keras_model).__name__}")
         self.keras_model = keras_model
+        self._encode_tokens = None  # the text encoder as one compiled graph, made on first use
 
     @property
     def image_projector(self) -> LinearProjector:
@@ -301,12 +302,19 @@ class DeViSEModel:
         if isinstance(texts, str):
             raise TypeError("embed_texts takes a list of strings; wrap a single query in a list")
         texts = list(texts)
+        if self._encode_tokens is None:
+            # Compiled once for any batch size: run eagerly, the LSTM steps through Python (4x slower,
+            # 1.1 s instead of 0.26 s for 500 captions on 2 CPU cores: most of a validation pass).
+            encoder = self.text_encoder
+            self._encode_tokens = tf.function(
+                lambda tokens: encoder(tokens, training=False),
+                input_signature=[tf.TensorSpec([None, None], tf.string)],
+                autograph=False,
+            )
         out = np.empty((len(texts), self.joint_dim), np.float32)
         for start in range(0, len(texts), batch_size):
             tokens, _ = self.text_encoder.encode_texts(texts[start : start + batch_size])
-            out[start : start + len(tokens)] = keras.ops.convert_to_numpy(
-                self.text_encoder(tokens.astype(str), training=False)
-            )
+            out[start : start + len(tokens)] = self._encode_tokens(tf.constant(tokens.astype(str))).numpy()
         return out
 
     def embed_image_features(self, features: np.ndarray, *, batch_size: int = 1024) -> np.ndarray:
