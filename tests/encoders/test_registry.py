@@ -40,7 +40,9 @@ def test_a_config_section_names_the_same_extractor():
 
 
 def test_an_unknown_backbone_names_the_registered_ones():
-    with pytest.raises(ConfigError, match="unknown image backbone 'resnet9'.*efficientnet_lite0, vgg16"):
+    with pytest.raises(
+        ConfigError, match="unknown image backbone .resnet9.*efficientnet_lite0, keras_application, keras_model, vgg16"
+    ):
         make_feature_extractor("resnet9")
 
 
