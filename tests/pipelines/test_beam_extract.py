@@ -93,6 +93,23 @@ def test_beam_features_equal_the_extractors(pipeline_output, extracted, referenc
     np.testing.assert_allclose(embeddings, reference["embeddings"], **TOLERANCE)
 
 
+def test_beam_output_equals_devise_extracts(pipeline_output, extracted, reference, tmp_path, capsys):
+    """The issue's criterion: on the same demo images, the same ids and features as devise-extract's cache."""
+    from devise.cli import extract as extract_cli
+    from devise.encoders import FeatureCache
+
+    cache_path = tmp_path / "cache.h5"
+    assert extract_cli.main(["--images", str(extracted["images"]), "--out", str(cache_path), "--quiet"]) == 0
+    assert "16 extracted" in capsys.readouterr().out
+    cached = FeatureCache(cache_path, reference["extractor"].fingerprint()).read()  # id (relative path) -> features
+    shards = FeatureShards.open(extracted["out"], extractor_fingerprint=reference["extractor"].fingerprint())
+    ids = sorted(cached)
+    assert ids == sorted(os.path.relpath(p, extracted["images"]) for p in shards.paths)
+    found = shards.lookup([os.path.join(extracted["images"], i) for i in ids])
+    assert found.positions == list(range(IMAGES))
+    np.testing.assert_allclose(found.vectors, np.stack([cached[i] for i in ids]), **TOLERANCE)
+
+
 def test_corrupt_image_is_skipped_and_reported(pipeline_output, extracted):
     shards = FeatureShards.open(extracted["out"])
     [(path, reason)] = shards.failures
