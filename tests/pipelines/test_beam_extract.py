@@ -274,6 +274,14 @@ def test_trainer_reads_features_from_the_shards(
     assert f"image features: {160 - IMAGES} images (0 computed" in err
 
 
+def test_a_missing_manifest_is_reported_before_training(repo_root, tmp_path):
+    from devise.training import load_config
+    from devise.training.resources import find_missing_resources
+
+    config = load_config(repo_root / "configs" / "demo.yaml", [f"image_encoder.features={tmp_path / 'absent.json'}"])
+    assert any(p.startswith("image_encoder.features:") and "absent.json" in p for p in find_missing_resources(config))
+
+
 def test_listing_images(tmp_path):
     from devise.pipelines.beam_extract import list_images
 

@@ -93,6 +93,11 @@ def _missing_by_kind(config: ExperimentConfig, *, downloads_pending: bool = Fals
             f"EfficientNet-Lite0 weights file: {os.path.abspath(enc.weights)} does not exist; "
             "set image_encoder.weights to 'imagenet' or to a .pth state_dict"
         )
+    if enc.features and not os.path.exists(enc.features):
+        problems["image features"] = (
+            f"image_encoder.features: {os.path.abspath(enc.features)} does not exist; give the manifest.json "
+            "devise-beam-extract wrote (or its folder), or remove the key to extract the features here"
+        )
     return problems
 
 
