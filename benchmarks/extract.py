@@ -153,9 +153,23 @@ def child_memory(count: int, folder: str, workdir: str) -> None:
     paths = sorted(os.path.join(folder, name) for name in os.listdir(folder))[:count]
     extractor = make_extractor("efficientnet_lite0")
     extractor.extract(np.zeros((1, *extractor.input_size, 3), np.uint8))  # trace before the clock starts
+    # The process's peak is mostly TensorFlow and the model; resetting the
+    # kernel's high-water mark (VmHWM) here isolates the extraction's own peak.
+    startup_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
     elapsed = end_to_end(extractor, paths, os.path.join(workdir, f"memory-{count}.h5"))
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    print(json.dumps({"images": count, "peak_mb": peak_mb, "seconds": elapsed}))
+    during_mb = _vm_hwm_mb()
+    summary = {"images": count, "peak_mb": max(startup_mb, during_mb), "extraction_peak_mb": during_mb}
+    print(json.dumps({**summary, "seconds": elapsed}))
+
+
+def _vm_hwm_mb() -> float:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def measure_memory(count: int, folder: str, workdir: str) -> dict:
@@ -219,12 +233,16 @@ def main() -> None:
         print()
         for m in memory:
             print(
-                f"peak memory, efficientnet_lite0 end to end, {m['images']:5d} images: {m['peak_mb']:7.0f} MB "
-                f"({m['images'] / m['seconds']:.1f} images/s)"
+                f"peak memory, efficientnet_lite0 end to end, {m['images']:5d} images: process {m['peak_mb']:7.0f} MB,"
+                f" during extraction {m['extraction_peak_mb']:7.0f} MB ({m['images'] / m['seconds']:.1f} images/s)"
             )
         growth = memory[-1]["peak_mb"] / memory[0]["peak_mb"] - 1
-        ok &= growth <= 0.10
-        print(f"growth from {memory[0]['images']} to {memory[-1]['images']} images: {growth:+.1%}")
+        during = memory[-1]["extraction_peak_mb"] / memory[0]["extraction_peak_mb"] - 1
+        ok &= growth <= 0.10 and during <= 0.10
+        print(
+            f"growth from {memory[0]['images']} to {memory[-1]['images']} images: process peak {growth:+.1%}, "
+            f"peak during extraction {during:+.1%}"
+        )
     print()
     print("targets (e2e >= 90% of in-memory compute, >= 3x naive, memory within 10%):", "met" if ok else "NOT met")
     if not args.workdir:
