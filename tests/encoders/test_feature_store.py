@@ -16,6 +16,7 @@ from PIL import Image
 from devise.encoders.feature_cache import FeatureCache
 from devise.encoders.feature_extractor import FeatureExtractor
 from devise.encoders.feature_store import ROWS_PER_CHUNK, FeatureStore, RowInfo
+from devise.errors import DeviseError
 
 # An extractor without a network (numpy means of an 8x8 image): the child
 # process below needs no model, and the features are exactly known.
@@ -196,3 +197,27 @@ def test_a_changed_file_gets_a_new_row_and_the_last_row_wins(tmp_path):
         assert [row.image_id for row in store.rows()] == ["img000", "img001", "img000"]
     assert set(cache.read()) == set(ids)
     np.testing.assert_allclose(cache.read()["img000"], [1, 2, 3], atol=1e-4)
+
+
+def test_a_cache_another_process_is_writing_is_refused_not_rebuilt(tmp_path):
+    ids, paths = _images(tmp_path, 2)
+    extractor = _extractor()
+    cache = FeatureCache(tmp_path / "cache.h5", extractor.fingerprint())
+    cache.get_or_compute(extractor, ids, paths, progress=False)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import h5py, sys, time\nf = h5py.File({cache.path!r}, 'r+')\nprint('open', flush=True)\ntime.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(DeviseError, match="open in another process"):
+            cache.get_or_compute(_extractor(), ids, paths, progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert cache.get_or_compute(_extractor(), ids, paths, progress=False).computed == 0

@@ -159,13 +159,21 @@ class FeatureStore:
         append (see :meth:`damaged`): the rows before it stay usable.
 
         Raises:
-            DeviseError: the file was written by another extractor (``fingerprint`` differs).
+            DeviseError: the file was written by another extractor (``fingerprint`` differs),
+                or another process is writing it.
             UntrustedStore: the file cannot be opened, is another format,
                 or is inconsistent; the message says why.
         """
         path = os.fspath(path)
         try:
             file = h5py.File(path, "r+" if writable else "r")
+        except BlockingIOError:
+            # HDF5's file lock: another process has it open for writing. Not
+            # damage: rebuilding would throw away that process's good rows.
+            raise DeviseError(
+                f"{path}: the feature cache is open in another process (devise-train or devise-extract?); "
+                "wait for it to finish, or use another image_encoder.cache_dir"
+            ) from None
         except OSError as exc:
             raise UntrustedStore(f"damaged or unreadable feature cache ({exc})") from None
         try:
