@@ -396,15 +396,14 @@ class Trainer:
             keras_model.optimizer.build(keras_model.trainable_variables)
         model = DeViSEModel(keras_model)
 
-        def dataset(records, shuffle, first_epoch=0):
+        def training_batches(records, first_epoch):
             ids = sorted({r.image_id for r in records})
             group = {image_id: i for i, image_id in enumerate(ids)}
             # Identical captions (after tokenising) are never each other's negatives.
             caption_group: dict[str, int] = {}
-            x = {
-                "image_features": np.stack([features[r.image_id] for r in records]).astype(np.float32),
-                "tokens": keras_model.text_encoder.encode_texts([r.caption for r in records])[0].astype(str),
-            }
+            # Each image's features once (not once per caption: 5x less memory), gathered by y's image column.
+            images = tf.constant(np.stack([features[image_id] for image_id in ids]).astype(np.float32))
+            tokens = tf.constant(keras_model.text_encoder.encode_texts([r.caption for r in records])[0].astype(str))
             y = np.array(
                 [
                     [group[r.image_id], caption_group.setdefault(caption_key(r.caption), len(caption_group))]
@@ -412,22 +411,23 @@ class Trainer:
                 ],
                 np.int32,
             )
-            x_t, y_t = {k: tf.constant(v) for k, v in x.items()}, tf.constant(y)
-            if not shuffle:
-                rows = tf.data.Dataset.range(len(records)).batch(tc.batch_size)
-            else:
-                # Epoch e's order depends only on (seed, e), so a run resumed at epoch e sees the batches
-                # an uninterrupted run sees there. One pass of batches per epoch, epochs back to back.
-                def epoch_batches(epoch):
-                    seed = tf.stack([tf.constant(tc.seed, tf.int64), epoch])
-                    order = tf.random.experimental.stateless_shuffle(tf.range(len(records)), seed=seed)
-                    return tf.data.Dataset.from_tensor_slices(order).batch(tc.batch_size)
+            y_t = tf.constant(y)
 
-                rows = tf.data.Dataset.range(first_epoch, tc.epochs).flat_map(epoch_batches)
+            # Epoch e's order depends only on (seed, e), so a run resumed at epoch e sees the batches
+            # an uninterrupted run sees there. One pass of batches per epoch, epochs back to back.
+            def epoch_batches(epoch):
+                seed = tf.stack([tf.constant(tc.seed, tf.int64), epoch])
+                order = tf.random.experimental.stateless_shuffle(tf.range(len(records)), seed=seed)
+                return tf.data.Dataset.from_tensor_slices(order).batch(tc.batch_size)
+
+            rows = tf.data.Dataset.range(first_epoch, tc.epochs).flat_map(epoch_batches)
+
+            def batch(rows):
+                y_rows = tf.gather(y_t, rows)
+                return {"image_features": tf.gather(images, y_rows[:, 0]), "tokens": tf.gather(tokens, rows)}, y_rows
 
             def pipeline(rows):
-                ds = rows.map(lambda r: ({k: tf.gather(v, r) for k, v in x_t.items()}, tf.gather(y_t, r)))
-                return ds.prefetch(tf.data.AUTOTUNE)
+                return rows.map(batch).prefetch(tf.data.AUTOTUNE)
 
             if multi_worker:
                 # Every worker builds the same global batches and keeps its replicas' shares of each.
@@ -443,7 +443,10 @@ class Trainer:
             self.log("note: tensorboard is not installed, so no TensorBoard logs (pip install 'devise[tensorboard]')")
         selector = None
         if splits.get("val"):
-            selector = BestValidationRecall(model, splits["val"], features, log=self.log)
+            # Also the validation loss, from the embeddings its R-sum needs (no second pass over the split).
+            selector = BestValidationRecall(
+                model, splits["val"], features, log=self.log, loss=loss, batch_size=tc.batch_size
+            )
             callbacks.insert(1, selector)  # before TensorBoard, which then logs val_rsum
         checkpoint_path = os.path.join(run_dir, CHECKPOINT_FILE)
         variables, constants = mutable_variables(keras_model, loss), constant_variables(keras_model)
@@ -477,12 +480,10 @@ class Trainer:
         callbacks.insert(2 if selector is not None else 1, checkpoint)  # after the selector, whose state it saves
         if first_epoch < tc.epochs:
             keras_model.fit(
-                dataset(splits["train"], shuffle=True, first_epoch=first_epoch),
-                validation_data=dataset(splits["val"], shuffle=False) if splits.get("val") else None,
+                training_batches(splits["train"], first_epoch),
                 epochs=tc.epochs,
                 initial_epoch=first_epoch,
                 steps_per_epoch=math.ceil(len(splits["train"]) / tc.batch_size),
-                validation_steps=math.ceil(len(splits["val"]) / tc.batch_size) if splits.get("val") else None,
                 shuffle=False,  # the dataset shuffles itself, epoch by epoch
                 callbacks=callbacks + self.callbacks,
                 # Keras prints to stdout: a live progress bar on a terminal, one line per epoch elsewhere.
