@@ -221,3 +221,18 @@ def test_a_cache_another_process_is_writing_is_refused_not_rebuilt(tmp_path):
         holder.kill()
         holder.wait()
     assert cache.get_or_compute(_extractor(), ids, paths, progress=False).computed == 0
+
+
+def test_a_file_asked_for_under_another_id_is_recorded_under_it(tmp_path):
+    ids, paths = _images(tmp_path, 2)
+    extractor = _extractor()
+    cache = FeatureCache(tmp_path / "cache.h5", extractor.fingerprint())
+    cache.get_or_compute(extractor, ids, paths, progress=False)
+    table = cache.get_or_compute(_extractor(), ["a", "b"], paths, progress=False)
+    assert table.computed == 0 and table.ids == ["a", "b"]
+    assert sorted(cache.read()) == ["a", "b"]
+    np.testing.assert_allclose(cache.read()["b"], _expected(2)[1], atol=1e-4)
+    again = cache.get_or_compute(_extractor(), ["a", "b"], paths, progress=False)
+    assert again.computed == 0
+    with cache.open() as store:
+        assert len(store) == 4  # one new row per renamed file, once

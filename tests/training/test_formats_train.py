@@ -32,6 +32,7 @@ from devise.datasets.flickr import FLICKR8K_SPLIT_FILES
 from devise.datasets.loader import load_caption_dataset, splits_from_records
 from devise.datasets.report import DataReport
 from devise.datasets.shapes import CAPTIONS_PER_IMAGE, SHAPES_CATEGORIES, generate_shapes
+from devise.encoders.feature_cache import FeatureCache
 
 pytestmark = pytest.mark.slow
 
@@ -305,7 +306,8 @@ def test_each_format_trains_through_devise_train(data, name, tiny_overrides, rep
     # holds each image once for all of them (plus once under its Pascal id).
     (cache,) = (data.base / "cache").glob("*.h5")
     with h5py.File(cache, "r") as f:
-        ids = {s.decode() if isinstance(s, bytes) else s for s in f["ids"][()]}
+        fingerprint = f.attrs["fingerprint"]
+    ids = set(FeatureCache(cache, fingerprint).read())  # by the id each file was last asked under
     pascal_ids = {r.image_id for r in data.pascal}
     assert ids <= set(data.images) | pascal_ids
     assert (pascal_ids if spec["format"] == "pascal" else set(data.images)) <= ids

@@ -72,7 +72,8 @@ class _Plan:
     # What each file to extract was (stat'ed and hashed before it is read);
     # a file that could not be stat'ed has none and is not cached.
     identity: dict[int, RowInfo]
-    # Files touched or copied: found by content, recorded under their new stamp.
+    # Files touched or copied (found by content), or requested under another
+    # id: their features are appended again under the new stamp or id.
     restamp: dict[int, RowInfo]
 
 
@@ -314,6 +315,8 @@ def _plan(store: FeatureStore | None, ids: Sequence[str], paths: Sequence[str | 
             n = by_path.get(key)
             if n is not None and (rows[n].size, rows[n].mtime_ns) == (st.st_size, st.st_mtime_ns):
                 plan.found[i] = n
+                if rows[n].image_id != image_id:  # another dataset's name for it: recorded as the latest
+                    plan.restamp[i] = dataclasses.replace(rows[n], image_id=image_id)
                 continue
             digest = bytes.fromhex(file_sha256(key))
         except OSError:
