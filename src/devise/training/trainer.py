@@ -479,16 +479,20 @@ class Trainer:
         )
         callbacks.insert(2 if selector is not None else 1, checkpoint)  # after the selector, whose state it saves
         if first_epoch < tc.epochs:
-            keras_model.fit(
-                training_batches(splits["train"], first_epoch),
-                epochs=tc.epochs,
-                initial_epoch=first_epoch,
-                steps_per_epoch=math.ceil(len(splits["train"]) / tc.batch_size),
-                shuffle=False,  # the dataset shuffles itself, epoch by epoch
-                callbacks=callbacks + self.callbacks,
-                # Keras prints to stdout: a live progress bar on a terminal, one line per epoch elsewhere.
-                verbose=0 if not self.verbose else 1 if sys.stdout.isatty() else 2,
-            )
+            try:
+                keras_model.fit(
+                    training_batches(splits["train"], first_epoch),
+                    epochs=tc.epochs,
+                    initial_epoch=first_epoch,
+                    steps_per_epoch=math.ceil(len(splits["train"]) / tc.batch_size),
+                    shuffle=False,  # the dataset shuffles itself, epoch by epoch
+                    callbacks=callbacks + self.callbacks,
+                    # Keras prints to stdout: a live progress bar on a terminal, one line per epoch elsewhere.
+                    verbose=0 if not self.verbose else 1 if sys.stdout.isatty() else 2,
+                )
+            except BaseException:
+                checkpoint.wait(raise_error=False)  # Ctrl-C or an error: the finished epoch's checkpoint is on disk
+                raise
         history = checkpoint.history
         losses = history.get("loss", [])
         if losses and not np.isfinite(losses[-1]):
