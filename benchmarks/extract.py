@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/extract.py [--images 240] [--vgg-images 96] [--naive-images 32]
+    python benchmarks/extract.py [--images 240] [--vgg-images 96] [--naive-images 32] [--passes 3]
                                  [--memory 200 2000] [--workdir DIR] [--backbones vgg16 efficientnet_lite0]
 
 Generates real-ish JPEG photos on disk (crops and resizes of scikit-image's
@@ -18,8 +18,9 @@ Pascal Sentences' images), then for each backbone, in the same run:
 * naive: Pillow open, convert, resize, then ``model.predict`` on one image
   at a time, with the same Keras model.
 
-The compute and end-to-end passes alternate, twice each, and each keeps its
-best (the machine is shared: the best pass is the one least disturbed).
+The compute and end-to-end passes alternate (``--passes``, 3 each), and
+each keeps its best (the machine is shared: other jobs only ever slow a
+pass down, so the best pass is the one least disturbed).
 VGG16 runs with random weights (its ImageNet weights cannot be downloaded
 here; the speed is the same); EfficientNet-Lite0 with its ImageNet weights
 (``devise[demo]``). Peak memory (``ru_maxrss``) of the end-to-end
@@ -122,7 +123,7 @@ def naive(model, paths: list[str], size: tuple[int, int]) -> float:
     return time.perf_counter() - start
 
 
-def bench_backbone(backbone: str, paths: list[str], naive_count: int, workdir: str) -> dict:
+def bench_backbone(backbone: str, paths: list[str], naive_count: int, workdir: str, passes: int) -> dict:
     from devise.datasets.images import load_image
 
     extractor = make_extractor(backbone)
@@ -131,7 +132,7 @@ def bench_backbone(backbone: str, paths: list[str], naive_count: int, workdir: s
     extractor.model.predict(images[:1].astype(np.float32), verbose=0)
     cache_path = os.path.join(workdir, f"{backbone}.h5")
     memory_s, e2e_s = [], []
-    for _ in range(2):
+    for _ in range(passes):
         memory_s.append(in_memory(extractor, images))
         e2e_s.append(end_to_end(extractor, paths, cache_path))
     naive_s = naive(extractor.model, paths[:naive_count], extractor.input_size)
@@ -189,6 +190,9 @@ def main() -> None:
     parser.add_argument("--naive-images", type=int, default=32, help="files for the naive loop")
     parser.add_argument("--memory", type=int, nargs="*", default=[200, 2000], help="file counts for peak memory")
     parser.add_argument("--backbones", nargs="*", default=["vgg16", "efficientnet_lite0"])
+    parser.add_argument(
+        "--passes", type=int, default=3, help="alternating in-memory / end-to-end passes; each keeps its best"
+    )
     parser.add_argument("--workdir", help="folder for the photos and caches (default: a temporary one)")
     parser.add_argument("--child-memory", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
@@ -208,7 +212,7 @@ def main() -> None:
     results = []
     for backbone in args.backbones:
         n = args.vgg_images if backbone == "vgg16" else args.images
-        result = bench_backbone(backbone, photos[:n], args.naive_images, workdir)
+        result = bench_backbone(backbone, photos[:n], args.naive_images, workdir, args.passes)
         results.append(result)
         print(json.dumps(result), flush=True)
 
