@@ -252,6 +252,10 @@ class Trainer:
                 return self._run(scratch)
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
+        if is_multi_worker(strategy):
+            self.log(
+                f"{worker_name(strategy)}: the chief, writes the run directory ({strategy.num_replicas_in_sync} replicas)"
+            )
         result = self._run(self.run_dir or create_run_directory(self.config.output_dir, self.config.name))
         # The model is saved: the checkpoint is no longer needed.
         shutil.rmtree(os.path.dirname(os.path.join(result.run_dir, CHECKPOINT_FILE)), ignore_errors=True)
