@@ -118,6 +118,23 @@ def test_exif_dates_are_parsed_and_garbage_is_refused(paris_time):
     assert parse_exif_date("2026:01:01 20:00:00", now=now) is not None  # later today: a clock a few hours off
 
 
+@pytest.mark.parametrize("zone", ["America/Los_Angeles", "Asia/Tokyo"])
+def test_a_date_at_the_end_of_the_calendar_is_garbage_in_any_time_zone(tmp_path, monkeypatch, zone):
+    """Converting 9999-12-31 23:59:59 local time raised OverflowError (behind UTC) or ValueError (ahead of it)."""
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        assert parse_exif_date("9999:12:31 23:59:59") is None
+        assert parse_exif_date("9999:12:31 23:59:59", now=dt.datetime(9998, 12, 31, tzinfo=dt.UTC)) is None
+        path = tmp_path / "far.jpg"
+        save_photo(path, (1, 2, 3), original="9999:12:31 23:59:59", mtime="2020-01-01")
+        mtime_ns = os.stat(path).st_mtime_ns
+        assert photo_date(str(path), mtime_ns) == (mtime_ns, "mtime")
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
 def test_a_png_date_comes_from_an_exif_chunk_before_the_pixels_which_are_never_decoded(
     tmp_path, monkeypatch, paris_time
 ):

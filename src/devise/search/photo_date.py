@@ -77,13 +77,18 @@ def parse_exif_date(value, offset=None, *, now: dt.datetime | None = None) -> dt
         naive = dt.datetime(*map(int, match.groups()))
     except ValueError:  # month 0 or 13, day 31 of a 30-day month, hour 24 ...
         return None
-    if naive.year < _EARLIEST_YEAR:
+    now = now or dt.datetime.now(dt.UTC)
+    if naive.year < _EARLIEST_YEAR or naive.year > now.year + 1:
         return None
     tz = _offset(offset)
-    moment = naive.replace(tzinfo=tz) if tz is not None else naive.astimezone()
-    if moment > (now or dt.datetime.now(dt.UTC)) + dt.timedelta(days=1):
+    try:
+        # astimezone() asks the C library for the local offset: near the ends of the calendar it raises
+        # OverflowError, ValueError (year 10000) or OSError depending on the zone; such a date is garbage too.
+        moment = naive.replace(tzinfo=tz) if tz is not None else naive.astimezone()
+        too_late = moment > now + dt.timedelta(days=1)
+    except (OverflowError, ValueError, OSError):
         return None
-    return moment
+    return None if too_late else moment
 
 
 def _offset(value) -> dt.timezone | None:
