@@ -130,6 +130,24 @@ def test_a_changed_image_is_not_served_but_a_copied_one_is(pipeline_output, extr
     ]
 
 
+def test_a_file_name_that_is_not_utf8_is_written_and_served(tmp_path):
+    """``os.listdir`` gives b'caf\\xe9.jpg' (Latin-1) as 'caf\\udce9.jpg': writing it raised UnicodeEncodeError."""
+    folder = tmp_path / "latin1"
+    folder.mkdir()
+    path = os.path.join(os.fsencode(folder), b"caf\xe9.jpg")
+    with open(path, "wb") as f:
+        f.write(b"an image's bytes")
+    (name,) = os.listdir(folder)
+    assert name == "caf\udce9.jpg"
+    key = os.path.join(str(folder), name)
+    st = os.stat(key)
+    rows = ShardRows([key], [st.st_size], [st.st_mtime_ns], np.zeros((1, 32), np.uint8), np.ones((1, 3), np.float32))
+    info = write_shard(folder / "features-00000-of-00001.h5", rows, extractor_fingerprint="x")
+    write_manifest(folder, [info], extractor_fingerprint="x", feature_dim=3)
+    shards = FeatureShards.open(folder)
+    assert shards.paths == [key] and shards.match([key]) == [0]
+
+
 def _copy_output(extracted, tmp_path) -> pathlib.Path:
     copy = tmp_path / "features"
     shutil.copytree(extracted["out"], copy)

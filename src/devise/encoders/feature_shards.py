@@ -419,7 +419,7 @@ def _check_shard(path: str, rows: int, manifest: dict) -> tuple[list[str], np.nd
             ):
                 raise DataFormatError(f"{path}: the shard's fingerprints differ from its manifest's")
             shapes = {name: f[name].shape for name in f}
-            paths = [p.decode("utf-8") for p in f["paths"][()]]
+            paths = [p.decode("utf-8", "surrogateescape") for p in f["paths"][()]]
             sha = np.asarray(f["sha256"][()])
     except DataFormatError:
         raise
@@ -440,6 +440,10 @@ def _text(value) -> str:
 
 
 def _fixed_strings(values: list[str]) -> np.ndarray:
-    """UTF-8 strings as one fixed-size bytes array (checksummable, unlike variable-length strings)."""
-    encoded = [v.encode("utf-8") for v in values]
+    """UTF-8 strings as one fixed-size bytes array (checksummable, unlike variable-length strings).
+
+    A file name that is not UTF-8 comes from ``os.listdir`` with its bytes as surrogate escapes
+    (``'caf\\udce9.jpg'``); ``surrogateescape`` writes those bytes back (and reading decodes them the same way).
+    """
+    encoded = [v.encode("utf-8", "surrogateescape") for v in values]
     return np.array(encoded, dtype=f"S{max((len(e) for e in encoded), default=1) or 1}")
