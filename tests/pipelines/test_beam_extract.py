@@ -331,6 +331,26 @@ def test_cli_errors_are_one_line(tmp_path, capsys, tiny_run):
     assert "--shards must be at least 1" in capsys.readouterr().err
 
 
+def test_local_paths_are_refused_on_a_runner_whose_workers_run_elsewhere(tmp_path, capsys):
+    """Shards written to a local --out on Dataflow would land on the workers' disks: refused before any work."""
+    dataflow = ["--", "--runner", "DataflowRunner", "--project", "p", "--region", "r"]
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "a.jpg").write_bytes(b"x")
+    (tmp_path / "list.txt").write_text("gs://bucket/photos/a.jpg\n")
+    for images, out, what in (
+        (["--list", str(tmp_path / "list.txt")], str(tmp_path / "out"), "--out"),
+        (["--images", str(tmp_path / "img")], "gs://bucket/features", "image"),
+    ):
+        assert beam_cli.main([*images, "--out", out, *dataflow]) == 1, what
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert last.startswith(f"devise-beam-extract: error: {what} ") and "DataflowRunner's workers cannot" in last
+    assert not (tmp_path / "out").exists()
+    from devise.pipelines.beam_extract import run_extraction
+
+    with pytest.raises(DeviseError, match="--run .* is a local path"):
+        run_extraction(["gs://b/a.jpg"], "gs://b/f", run_dir=str(tmp_path), pipeline_args=["--runner", "FlinkRunner"])
+
+
 def test_without_apache_beam_the_error_says_how_to_install(monkeypatch):
     """The one mock here: hiding an installed package is the only way to see the message CI never meets."""
     monkeypatch.setitem(sys.modules, "apache_beam", None)

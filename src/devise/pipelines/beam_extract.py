@@ -43,7 +43,7 @@ try:
     from apache_beam.io.filesystem import CompressionTypes
     from apache_beam.io.filesystems import FileSystems
     from apache_beam.metrics.metric import Metrics, MetricsFilter
-    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 except ImportError as _exc:  # pragma: no cover - depends on the environment
     raise OptionalDependencyError("apache-beam", "beam", "The Apache Beam extraction pipeline") from _exc
 
@@ -153,13 +153,16 @@ def run_extraction(
 
     Raises:
         DeviseError: an unfinished run, an extractor that is not the run's,
-            or an ``out_dir`` that cannot be written.
+            an ``out_dir`` that cannot be written, or local paths with a
+            runner whose workers run on other machines.
     """
     if num_shards < 1:
         raise DeviseError(f"--shards must be at least 1, got {num_shards}")
     images = list(images)
     if not images:
         raise DeviseError("no images to extract")
+    options = PipelineOptions(list(pipeline_args))
+    _check_paths_reach_workers(options, images, out_dir, run_dir)
     model_file = ""
     model_fingerprint, embedding_dim = "", 0
     if run_dir is not None:
@@ -179,7 +182,6 @@ def run_extraction(
         )
     _prepare_out_dir(out_dir)
 
-    options = PipelineOptions(list(pipeline_args))
     pipeline = beam.Pipeline(options=options)
     rows, failures = (
         pipeline
@@ -330,6 +332,25 @@ class _WriteShardFn(beam.DoFn):
             info = write_shard(local, shard, **self.fingerprints)
         self.written.inc()
         yield dataclasses.replace(info, file=name)
+
+
+# Runners whose workers run on the launching machine (None: Beam's default, the direct runner).
+_LOCAL_RUNNERS = {None, "direct", "bundlebaseddirect", "switchingdirect", "prism", "fnapi", "interactive"}
+
+
+def _check_paths_reach_workers(options, images: Sequence[str], out_dir: str, run_dir: str | None) -> None:
+    """Refuse local paths when the runner's workers run elsewhere: they would read and write their own disks."""
+    runner = options.view_as(StandardOptions).runner
+    name = runner if runner is None or isinstance(runner, str) else type(runner).__name__
+    if (name.lower().removesuffix("runner") if name else None) in _LOCAL_RUNNERS:
+        return
+    local = next((p for p in images if "://" not in p), None)
+    for what, path in (("--out", out_dir), ("--run", run_dir or "gs://"), ("image", local or "gs://")):
+        if "://" not in path:
+            raise DeviseError(
+                f"{what} {path} is a local path, which {name}'s workers cannot reach: give a URL they can "
+                "(gs://bucket/...), or leave out --runner to run on this machine"
+            )
 
 
 def _write_manifest(shards: list[ShardInfo], failures: list[tuple[str, str]], *, out_dir: str, manifest: dict):
