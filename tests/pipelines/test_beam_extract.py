@@ -398,6 +398,9 @@ class _BucketFileSystem(LocalFileSystem):
     def last_updated(self, path):
         return super().last_updated(self._local(path))
 
+    def delete(self, paths):
+        return super().delete([self._local(p) for p in paths])
+
 
 def test_images_run_and_output_behind_urls(pipeline_output, extracted, reference, tmp_path, monkeypatch):
     """Images, run and output as URLs (as on Dataflow with gs://): the rows match the local copies by content."""
@@ -407,9 +410,16 @@ def test_images_run_and_output_behind_urls(pipeline_output, extracted, reference
         shutil.copyfile(path, tmp_path / "bucket" / "photos" / os.path.basename(path))
     (tmp_path / "bucket" / "photos" / "broken.jpg").write_bytes(b"not a jpeg")
     shutil.copytree(extracted["run"], tmp_path / "bucket" / "run")
+    # A previous extraction into the same --out with more shards: its manifest and every old shard must go.
+    shutil.copytree(extracted["out"], tmp_path / "bucket" / "features")
+    stale = tmp_path / "bucket" / "features" / "features-00007.h5"
+    shutil.copyfile(tmp_path / "bucket" / "features" / MANIFEST_FILE, stale)
     argv = ["--images", "devisetest://photos/*.jpg", "--out", "devisetest://features", "--run", "devisetest://run"]
     assert beam_cli.main([*argv, "--shards", "2", "--quiet"]) == 0
     shards = FeatureShards.open(tmp_path / "bucket" / "features")
+    written = {s["file"] for s in shards.manifest["shards"]}
+    assert {p.name for p in (tmp_path / "bucket" / "features").iterdir()} == {MANIFEST_FILE, *written}
+    assert written <= {"features-00000.h5", "features-00001.h5"}
     assert sorted(shards.paths) == sorted(f"devisetest://photos/{os.path.basename(p)}" for p in reference["paths"][:3])
     assert [p for p, _ in shards.failures] == ["devisetest://photos/broken.jpg"]
     assert shards.model_fingerprint and shards.manifest["run_dir"] == "devisetest://run"

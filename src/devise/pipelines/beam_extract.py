@@ -401,12 +401,22 @@ def _local_run(run_dir: str):
 
 
 def _prepare_out_dir(out_dir: str) -> None:
-    """A local ``out_dir`` writable, its previous manifest removed first and then its old shards.
+    """A local ``out_dir`` writable; its previous manifest removed first and then its old shards (also at a URL).
 
     The manifest goes first: a run stopped half-way then leaves no manifest, so
-    no reader takes new shards and old ones for one extraction.
+    no reader takes new shards and old ones for one extraction. Old shards go
+    because a previous run with more ``--shards`` left files this one does not rewrite.
     """
     if "://" in out_dir:
+        manifest = _join(out_dir, MANIFEST_FILE)
+        try:
+            if FileSystems.exists(manifest):
+                FileSystems.delete([manifest])
+            old = [m.path for m in FileSystems.match([_join(out_dir, _SHARD_PREFIX + "*.h5")])[0].metadata_list]
+            if old:
+                FileSystems.delete(old)
+        except Exception as exc:  # Beam raises BeamIOError and others, by file system
+            raise DeviseError(f"--out {out_dir}: cannot remove the previous extraction's files ({exc})") from None
         return
     check_directory_writable(out_dir, "--out")
     if not os.path.isdir(out_dir):
