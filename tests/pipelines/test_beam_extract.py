@@ -230,6 +230,31 @@ def test_devise_index_from_shards_equals_index_from_files(pipeline_output, extra
     np.testing.assert_allclose(from_shards.embeddings(rows), from_files.embeddings(rows), **TOLERANCE)
 
 
+def test_engine_update_index_from_shards_builds_no_backbone_when_they_hold_every_file(
+    pipeline_output, extracted, tmp_path, monkeypatch
+):
+    """The shards are checked against the fingerprint the model records: the CNN is built only for missing files."""
+    import devise.encoders.registry
+    from devise.search.engine import SearchEngine
+
+    def no_backbone(config):
+        raise AssertionError("the backbone was built although the shards hold every file")
+
+    monkeypatch.setattr(devise.encoders.registry, "feature_extractor_from_config", no_backbone)
+    images = tmp_path / "images"
+    shutil.copytree(extracted["images"], images, ignore=shutil.ignore_patterns("broken.jpg"))
+    engine = SearchEngine.load(extracted["run"])
+    report = engine.update_index(tmp_path / "i.h5", images, progress=False, features=extracted["out"])
+    assert (report.added, report.failures) == (IMAGES, [])
+    assert report.shards.endswith(
+        f"{IMAGES} images' embeddings read from its shards; 0 not in them went to the extractor"
+    )
+    shards = FeatureShards.open(extracted["out"])
+    shards.manifest["extractor_fingerprint"] = "vgg16|imagenet|224x224|4096"
+    with pytest.raises(DeviseError, match="extracted by 'vgg16"):
+        engine.update_index(tmp_path / "i.h5", images, progress=False, features=shards)
+
+
 def test_features_only_shards_are_projected_and_missing_files_extracted(
     pipeline_output, extracted, reference, tmp_path
 ):

@@ -43,46 +43,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         from devise.search.engine import SearchEngine
 
         engine = SearchEngine.load(args.run)
-        if args.features:
-            report = _update_from_shards(engine, args)
-        else:
-            report = engine.update_index(args.out, args.images, progress=not args.quiet)
+        report = engine.update_index(args.out, args.images, progress=not args.quiet, features=args.features)
+        if report.shards:
+            print(report.shards)
         print(f"{args.out}: {report.summary()}")
         for path, reason in report.failures:
             print(f"  skipped {path}: {reason}", file=sys.stderr)
         return 0
 
     return run_command(PROG, body)
-
-
-def _update_from_shards(engine, args):
-    """``update_index`` with embeddings read from a devise-beam-extract manifest's shards first."""
-    from devise.encoders.feature_shards import FeatureShards, embed_from_shards
-    from devise.search.index import update_index
-
-    shards = FeatureShards.open(args.features, extractor_fingerprint=engine.extractor.fingerprint())
-    counts: dict[str, int] = {}
-    embed = embed_from_shards(
-        shards,
-        model_fingerprint=engine.fingerprint,
-        project=lambda features: engine.model.embed_image_features(features),
-        fallback=engine.embed_image_files,
-        counts=counts,
-    )
-    report = update_index(
-        args.out,
-        args.images,
-        model_fingerprint=engine.fingerprint,
-        run_dir=engine.run_dir or "",
-        embed=embed,
-        progress=not args.quiet,
-    )
-    what = "embeddings" if shards.model_fingerprint == engine.fingerprint else "features"
-    print(
-        f"{shards.path}: {counts['from_shards']} images' {what} read from its shards; "
-        f"{counts['not_in_shards']} not in them went to the extractor"
-    )
-    return report
 
 
 console_main = console_entry(main)

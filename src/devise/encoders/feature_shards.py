@@ -200,11 +200,8 @@ class FeatureShards:
             path = os.path.join(path, MANIFEST_FILE)
         manifest = _read_manifest(path)
         rerun = "rerun devise-beam-extract into an empty folder"
-        if extractor_fingerprint is not None and manifest["extractor_fingerprint"] != extractor_fingerprint:
-            raise DeviseError(
-                f"{path}: these features were extracted by '{manifest['extractor_fingerprint']}', not "
-                f"'{extractor_fingerprint}'; extract them again with this image_encoder"
-            )
+        if extractor_fingerprint is not None:
+            _check_extractor(path, manifest, extractor_fingerprint)
         if model_fingerprint is not None and manifest["model_fingerprint"] != model_fingerprint:
             raise DeviseError(
                 f"{path}: these embeddings were made by another model than this run's "
@@ -235,6 +232,10 @@ class FeatureShards:
     @property
     def extractor_fingerprint(self) -> str:
         return self.manifest["extractor_fingerprint"]
+
+    def check_extractor(self, extractor_fingerprint: str) -> None:
+        """Refuse (:class:`DeviseError`) features another extractor made, as :meth:`open` does when given one."""
+        _check_extractor(self.path, self.manifest, extractor_fingerprint)
 
     @property
     def model_fingerprint(self) -> str:
@@ -354,9 +355,26 @@ def embed_from_shards(
     return embed
 
 
+def served_line(shards: FeatureShards, counts: dict[str, int], model_fingerprint: str) -> str:
+    """One line on what :func:`embed_from_shards`'s ``counts`` say the shards served and what went to the extractor."""
+    what = "embeddings" if shards.model_fingerprint == model_fingerprint else "features"
+    return (
+        f"{shards.path}: {counts.get('from_shards', 0)} images' {what} read from its shards; "
+        f"{counts.get('not_in_shards', 0)} not in them went to the extractor"
+    )
+
+
 def _key(path: str | os.PathLike) -> str:
     path = os.fspath(path)
     return path if "://" in path else os.path.abspath(path)
+
+
+def _check_extractor(path: str, manifest: dict, extractor_fingerprint: str) -> None:
+    if manifest["extractor_fingerprint"] != extractor_fingerprint:
+        raise DeviseError(
+            f"{path}: these features were extracted by '{manifest['extractor_fingerprint']}', not "
+            f"'{extractor_fingerprint}'; extract them again with this image_encoder"
+        )
 
 
 def _read_manifest(path: str) -> dict:

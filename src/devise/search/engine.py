@@ -37,6 +37,7 @@ from devise.search.query import combine_query
 
 if TYPE_CHECKING:  # pragma: no cover
     from devise.encoders.feature_extractor import FeatureExtractor
+    from devise.encoders.feature_shards import FeatureShards
     from devise.model import DeViSEModel
     from devise.search.approximate import ApproximateIndex
 
@@ -277,17 +278,34 @@ class SearchEngine:
         return self.model.embed_image_features(result.features), result.indices, result.failures
 
     def update_index(
-        self, index_path: str | os.PathLike, image_root: str | os.PathLike, *, progress: bool = True
+        self,
+        index_path: str | os.PathLike,
+        image_root: str | os.PathLike,
+        *,
+        progress: bool = True,
+        features: str | os.PathLike | FeatureShards | None = None,
     ) -> UpdateReport:
-        """Index (or incrementally re-index) every image under ``image_root``."""
-        report = update_index(
-            os.fspath(index_path),
-            os.fspath(image_root),
-            model_fingerprint=self.fingerprint,
-            run_dir=self.run_dir or "",
-            embed=self.embed_image_files,
-            progress=progress,
-        )
+        """Index (or incrementally re-index) every image under ``image_root``.
+
+        Args:
+            features: a ``devise-beam-extract`` manifest (or its folder, or opened :class:`FeatureShards`) of the
+                model's backbone (checked against the fingerprint the model records): images its shards hold
+                take their embeddings (or features) from them; only the others build the backbone.
+        """
+        embed, counts = self.embed_image_files, {}
+        if features is not None:
+            from devise.encoders.feature_shards import FeatureShards, embed_from_shards, served_line
+
+            expected = self.text_model.image_fingerprint or self.extractor.fingerprint()
+            if not isinstance(features, FeatureShards):
+                features = FeatureShards.open(features, extractor_fingerprint=expected)
+            features.check_extractor(expected)
+            project = lambda feats: self.model.embed_image_features(feats)  # noqa: E731 - the Keras model when needed
+            embed = embed_from_shards(features, model_fingerprint=self.fingerprint, project=project,
+                                      fallback=self.embed_image_files, counts=counts)  # fmt: skip
+        report = update_index(os.fspath(index_path), os.fspath(image_root), model_fingerprint=self.fingerprint,
+                              run_dir=self.run_dir or "", embed=embed, progress=progress)  # fmt: skip
+        report.shards = served_line(features, counts, self.fingerprint) if features is not None else ""
         self.use_index(index_path)
         return report
 

@@ -62,6 +62,8 @@ class UpdateReport:
         unchanged: rows kept as they were.
         failures: ``(path, reason)`` of images that could not be embedded;
             they are not indexed, so a fixed file is picked up next time.
+        shards: with feature shards (``SearchEngine.update_index(features=...)``),
+            one line saying how many images they served; ``""`` without.
     """
 
     added: int = 0
@@ -69,6 +71,7 @@ class UpdateReport:
     removed: int = 0
     unchanged: int = 0
     failures: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    shards: str = ""
 
     @property
     def total(self) -> int:
