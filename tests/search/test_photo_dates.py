@@ -239,17 +239,31 @@ def make_format_2(path: pathlib.Path) -> None:
         f.attrs["metadata_sha256"] = digest.hexdigest()
 
 
-def test_a_format_2_index_is_refused_with_advice_and_rebuilt_by_an_update(tmp_path, dated_photos, capsys):
+def test_a_format_2_index_is_refused_with_advice_and_upgraded_by_an_update_without_embedding(
+    tmp_path, dated_photos, capsys
+):
     out = tmp_path / "i.h5"
     build(out, dated_photos)
+    before = ImageIndex.open(out)
+    dates = {image_id: before.photo_date(row) for row, image_id in enumerate(before.ids)}
+    vectors = before.embeddings(range(len(before)))
     make_format_2(out)
     with pytest.raises(IndexDamagedError, match=r"must be rebuilt \(format version 2, from before indexes stored") as e:
         ImageIndex.open(out)
     assert "run devise-index again with the same --out" in str(e.value) and "\n" not in str(e.value)
-    report = build(out, dated_photos)
-    assert report.added == 5 and "format version 2" in capsys.readouterr().err
+    embedded: list[str] = []
+    report = update_index(out, dated_photos, model_fingerprint="model-a", run_dir="", progress=False,
+                          embed=lambda paths: (embedded.extend(paths), embed(paths))[1])  # fmt: skip
+    assert (report.added, report.updated, report.unchanged, embedded) == (0, 0, 5, [])
+    assert "format version 2" in capsys.readouterr().err
     index = ImageIndex.open(out)
-    assert index.photo_date(index.row_of("exif.jpg")) == ("2019-07-14T10:00:00+02:00", "exif")
+    assert index.ids == before.ids and {i: index.photo_date(r) for r, i in enumerate(index.ids)} == dates
+    np.testing.assert_array_equal(index.embeddings(range(len(index))), vectors)
+    # A format-2 index whose checksum fails is still rebuilt from the images.
+    make_format_2(out)
+    with h5py.File(out, "r+") as f:
+        f.attrs["run_dir"] = "elsewhere"
+    assert build(out, dated_photos).added == 5
 
 
 def test_devise_index_rebuilds_a_format_2_index_and_search_json_gives_dates(tiny_run, tmp_path, capsys, paris_time):
@@ -269,7 +283,7 @@ def test_devise_index_rebuilds_a_format_2_index_and_search_json_gives_dates(tiny
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "format version 2" in err and "devise-index" in err
     assert index_cli.main(argv) == 0
-    assert "rebuilding it" in capsys.readouterr().err
+    assert "rewriting it as version 3" in capsys.readouterr().err
     assert search_cli.main(["--index", str(out), "a red circle", "--json", "--since", "2019-07-14"]) == 0
     results = json.loads(capsys.readouterr().out)["results"]
     assert {r["id"]: (r["date"], r["date_source"]) for r in results} == {

@@ -38,7 +38,8 @@ The digest covers every dataset but the embeddings (which the check values cover
 
 Older versions are refused with the advice to rebuild (``devise-index`` on
 the same ``--out`` rebuilds them by itself): version 1 had no checksums,
-version 2 no photo dates.
+version 2 no photo dates. An update opens a version 2 index that verifies
+(``open(..., upgrade=True)``: no dates) and reads only the dates.
 """
 
 from __future__ import annotations
@@ -199,13 +200,17 @@ class ImageIndex:
         self._row_of: dict[str, int] | None = None
 
     @classmethod
-    def open(cls, path: str | os.PathLike, *, model_fingerprint: str | None = None) -> ImageIndex:
+    def open(
+        cls, path: str | os.PathLike, *, model_fingerprint: str | None = None, upgrade: bool = False
+    ) -> ImageIndex:
         """Open an index file and read its metadata.
 
         Args:
             path: the ``.h5`` index file.
             model_fingerprint: if given, the fingerprint of the model that
                 will use the index; an index built by another model is refused.
+            upgrade: also open a format version 2 index (checked by its own
+                digest), with ``date_ns`` and ``date_source`` ``None``: for an update to read its dates.
 
         Returns:
             The opened index.
@@ -235,7 +240,7 @@ class ImageIndex:
                         f"{path}: image index format version {version} is newer than this devise reads "
                         f"({FORMAT_VERSION}); upgrade devise, or rebuild the index with this one"
                     )
-                if version < FORMAT_VERSION:
+                if version < FORMAT_VERSION and not (upgrade and version == 2):
                     lacks = _OLDER_VERSIONS.get(version, "from an older devise")
                     raise IndexDamagedError.at(path, f"format version {version}, {lacks}", damaged=False)
                 attrs = {key: _text(f.attrs.get(key, "")) for key in _DIGESTED_ATTRS}
@@ -245,8 +250,9 @@ class ImageIndex:
                 mtime_ns = np.asarray(f["mtime_ns"][()], np.int64)
                 sizes = np.asarray(f["size"][()], np.int64)
                 row_check = np.asarray(f["row_check"][()], np.float32)
-                date_ns = np.asarray(f["date_ns"][()], np.int64)
-                date_source = np.asarray(f["date_source"][()], np.uint8)
+                dated = version >= 3  # version 2 stored no dates
+                date_ns = np.asarray(f["date_ns"][()], np.int64) if dated else None
+                date_source = np.asarray(f["date_source"][()], np.uint8) if dated else None
                 shape = f["embeddings"].shape
                 stored_digest = _text(f.attrs.get("metadata_sha256", ""))
         except DeviseError:
@@ -279,10 +285,10 @@ class ImageIndex:
             token=token,
         )
         n = len(ids)
-        lengths = {len(paths), len(mtime_ns), len(sizes), len(row_check), len(date_ns), len(date_source)}
+        lengths = {len(a) for a in (paths, mtime_ns, sizes, row_check, date_ns, date_source) if a is not None}
         if lengths != {n} or tuple(shape) != (n, dim):
             raise IndexDamagedError.at(path, f"{n} ids, {len(paths)} paths, embeddings {tuple(shape)}")
-        if n and int(date_source.max()) >= len(DATE_SOURCES):
+        if n and date_source is not None and int(date_source.max()) >= len(DATE_SOURCES):
             raise IndexDamagedError.at(path, f"a date source code {int(date_source.max())} that no devise writes")
         return index
 
@@ -455,13 +461,13 @@ def check_vector(dim: int) -> np.ndarray:
 def metadata_digest(
     attrs: dict[str, str], ids: Sequence[str], paths: Sequence[str], mtime_ns, sizes, row_check, date_ns, date_source
 ) -> str:
-    """SHA-256 over an index's attributes (as text), ids, paths, mtimes, sizes, row check values and dates."""
+    """SHA-256 over an index's attributes (as text), ids, paths, mtimes, sizes, row check values and dates (if any)."""
     h = hashlib.sha256(json.dumps({k: str(attrs[k]) for k in _DIGESTED_ATTRS}, sort_keys=True).encode())
     for texts in (ids, paths):
         h.update(str(len(texts)).encode())
         h.update("\0".join(texts).encode("utf-8", "surrogatepass"))
     numbers_and_types = ((mtime_ns, "<i8"), (sizes, "<i8"), (row_check, "<f4"), (date_ns, "<i8"), (date_source, "u1"))
-    for numbers, dtype in numbers_and_types:
+    for numbers, dtype in (nt for nt in numbers_and_types if nt[0] is not None):  # version 2: no dates
         h.update(np.ascontiguousarray(numbers, dtype).tobytes())
     return h.hexdigest()
 

@@ -158,7 +158,13 @@ def update_index(
         # Refuses another model's index, and any file that is not an index,
         # rather than overwriting it.
         try:
-            base = ImageIndex.open(index_path, model_fingerprint=model_fingerprint)
+            base = ImageIndex.open(index_path, model_fingerprint=model_fingerprint, upgrade=True)
+            if base.date_ns is None:
+                print(
+                    f"{index_path}: format version 2 index, from before indexes stored each photo's date; "
+                    "reading the dates and rewriting it as version 3 (changed files only are embedded again)",
+                    file=sys.stderr,
+                )
             # Every chunk is read once (its checksum checked) before rows are kept from it.
             if not rebuild:
                 _check_embeddings(base)
@@ -189,7 +195,7 @@ def update_index(
             todo.append(f)
     report.removed = sum(1 for i in old if i not in scanned)
     dim = base.dim if base is not None and len(base) else 0
-    if not todo and base is not None and not report.removed and base.run_dir == run_dir:
+    if not todo and base is not None and not report.removed and base.run_dir == run_dir and base.date_ns is not None:
         return report
 
     writer = _IndexWriter(index_path, model_fingerprint, run_dir, image_root, base)
@@ -327,6 +333,9 @@ class _IndexWriter:
                 if final:
                     continue  # defensive: every changed file was re-embedded or failed
                 f = ImageFile(f.id, f.path, *stamp)
+            if self.base.date_ns is None:  # a version 2 index: its kept rows' dates are read once, here
+                rows.append(_Row(f.dated(), base_row=row))
+                continue
             date = int(self.base.date_ns[row]), DATE_SOURCES[int(self.base.date_source[row])]
             rows.append(_Row(dataclasses.replace(f, date_ns=date[0], date_source=date[1]), base_row=row))
         new_matrix = np.stack([pending[i][1] for i in new_ids]) if new_ids else np.zeros((0, dim), np.float32)
