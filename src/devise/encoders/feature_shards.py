@@ -31,6 +31,7 @@ import numpy as np
 from devise.atomicfile import atomic_path, write_bytes
 from devise.download import file_sha256
 from devise.errors import DataFormatError, DeviseError
+from devise.storage import h5_text, is_url
 
 #: The manifest's file name in a shard folder.
 MANIFEST_FILE = "manifest.json"
@@ -285,7 +286,7 @@ class FeatureShards:
             key = _key(path)
             row = self._by_path.get(key)
             try:
-                st = os.stat(key) if "://" not in key else None
+                st = os.stat(key) if not is_url(key) else None
                 if row is not None and st is not None and (st.st_size, st.st_mtime_ns) == tuple(stats[row]):
                     found.append(row)
                     continue
@@ -366,7 +367,7 @@ def served_line(shards: FeatureShards, counts: dict[str, int], model_fingerprint
 
 def _key(path: str | os.PathLike) -> str:
     path = os.fspath(path)
-    return path if "://" in path else os.path.abspath(path)
+    return path if is_url(path) else os.path.abspath(path)
 
 
 def _check_extractor(path: str, manifest: dict, extractor_fingerprint: str) -> None:
@@ -430,10 +431,10 @@ def _check_shard(path: str, rows: int, manifest: dict) -> tuple[list[str], np.nd
     """The paths and SHA-256 column of a shard whose bytes matched the manifest, after checking its contents."""
     try:
         with h5py.File(path, "r") as f:
-            if _text(f.attrs.get("format", "")) != SHARD_FORMAT:
+            if h5_text(f.attrs.get("format", "")) != SHARD_FORMAT:
                 raise DataFormatError(f"{path}: not a devise feature shard")
-            if _text(f.attrs.get("extractor_fingerprint", "")) != manifest["extractor_fingerprint"] or (
-                _text(f.attrs.get("model_fingerprint", "")) != manifest["model_fingerprint"]
+            if h5_text(f.attrs.get("extractor_fingerprint", "")) != manifest["extractor_fingerprint"] or (
+                h5_text(f.attrs.get("model_fingerprint", "")) != manifest["model_fingerprint"]
             ):
                 raise DataFormatError(f"{path}: the shard's fingerprints differ from its manifest's")
             shapes = {name: f[name].shape for name in f}
@@ -451,10 +452,6 @@ def _check_shard(path: str, rows: int, manifest: dict) -> tuple[list[str], np.nd
     if any(shapes.get(name) != shape for name, shape in wanted.items()):
         raise DataFormatError(f"{path}: the shard's datasets {shapes} do not match its manifest entry")
     return paths, sha
-
-
-def _text(value) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 def _fixed_strings(values: list[str]) -> np.ndarray:

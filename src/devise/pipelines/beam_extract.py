@@ -59,6 +59,7 @@ from devise.model import MODEL_FILE, DeViSEModel
 from devise.progress import ProgressBar
 from devise.runs import COMPLETE_FILE, CONFIG_FILE, check_run_complete, read_run_config
 from devise.search.scan import scan_images
+from devise.storage import is_url
 
 NAMESPACE = "devise"
 _FAILURES = "failures"
@@ -109,8 +110,8 @@ def list_images(images: str | None = None, file_list: str | None = None) -> list
                 paths = [line.strip() for line in f if line.strip()]
         except (OSError, UnicodeDecodeError) as exc:
             raise DeviseError(f"{file_list}: cannot read the list of images ({exc})") from None
-        found = [p if "://" in p else os.path.abspath(p) for p in paths]
-    elif "://" not in images and os.path.isdir(images):
+        found = [p if is_url(p) else os.path.abspath(p) for p in paths]
+    elif not is_url(images) and os.path.isdir(images):
         found = [f.path for f in scan_images(images)]
     else:
         try:
@@ -213,7 +214,7 @@ def run_extraction(
                 **fingerprints,
                 "feature_dim": extractor.output_dim,
                 "embedding_dim": embedding_dim,
-                "run_dir": os.path.abspath(run_dir) if run_dir and "://" not in run_dir else (run_dir or ""),
+                "run_dir": os.path.abspath(run_dir) if run_dir and not is_url(run_dir) else (run_dir or ""),
                 "source": source,
             },
         )
@@ -256,7 +257,7 @@ class _ExtractFn(beam.DoFn):
         self._model = None
         if self.model_file:
             local = self.model_file
-            if "://" in local:
+            if is_url(local):
                 local = os.path.join(self._tmp, MODEL_FILE)
                 _copy_down(self.model_file, local)
             self._model = DeViSEModel.load(local)
@@ -298,7 +299,7 @@ class _ExtractFn(beam.DoFn):
 
     def _stage(self, path: str, n: int) -> tuple[str, int, int, bytes]:
         """A local file with ``path``'s bytes, and the file's size, mtime_ns and SHA-256."""
-        if "://" not in path:
+        if not is_url(path):
             st = os.stat(path)
             return path, st.st_size, st.st_mtime_ns, bytes.fromhex(file_sha256(path))
         local = os.path.join(self._tmp, f"{n}{os.path.splitext(path)[1]}")
@@ -344,9 +345,9 @@ def _check_paths_reach_workers(options, images: Sequence[str], out_dir: str, run
     name = runner if runner is None or isinstance(runner, str) else type(runner).__name__
     if (name.lower().removesuffix("runner") if name else None) in _LOCAL_RUNNERS:
         return
-    local = next((p for p in images if "://" not in p), None)
-    for what, path in (("--out", out_dir), ("--run", run_dir or "gs://"), ("image", local or "gs://")):
-        if "://" not in path:
+    local_image = next((p for p in images if not is_url(p)), None)
+    for what, path in (("--out", out_dir), ("--run", run_dir), ("image", local_image)):
+        if path is not None and not is_url(path):
             raise DeviseError(
                 f"{what} {path} is a local path, which {name}'s workers cannot reach: give a URL they can "
                 "(gs://bucket/...), or leave out --runner to run on this machine"
@@ -365,13 +366,13 @@ def _shard_of(path: str, num_shards: int) -> int:
 
 
 def _join(folder: str, name: str) -> str:
-    return FileSystems.join(folder, name) if "://" in folder else os.path.join(folder, name)
+    return FileSystems.join(folder, name) if is_url(folder) else os.path.join(folder, name)
 
 
 @contextlib.contextmanager
 def _local_target(out_dir: str, name: str):
     """A local path to write ``name`` to; for a remote ``out_dir`` it is uploaded afterwards."""
-    if "://" not in out_dir:
+    if not is_url(out_dir):
         os.makedirs(out_dir, exist_ok=True)
         yield os.path.join(out_dir, name)
         return
@@ -390,7 +391,7 @@ def _copy_down(url: str, local: str) -> None:
 @contextlib.contextmanager
 def _local_run(run_dir: str):
     """The run directory itself, or for a URL a local copy of the files a reader needs."""
-    if "://" not in run_dir:
+    if not is_url(run_dir):
         yield run_dir
         return
     with tempfile.TemporaryDirectory(prefix="devise-run-") as tmp:
@@ -407,7 +408,7 @@ def _prepare_out_dir(out_dir: str) -> None:
     no reader takes new shards and old ones for one extraction. Old shards go
     because a previous run with more ``--shards`` left files this one does not rewrite.
     """
-    if "://" in out_dir:
+    if is_url(out_dir):
         manifest = _join(out_dir, MANIFEST_FILE)
         try:
             if FileSystems.exists(manifest):

@@ -24,8 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from devise.errors import QueryError
-
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+from devise.search.photo_date import datetime_ns
 
 
 def parse_date(text: str | dt.date | dt.datetime, *, end: bool = False) -> int:
@@ -63,7 +62,7 @@ def parse_date(text: str | dt.date | dt.datetime, *, end: bool = False) -> int:
             ) from None
     if moment.tzinfo is None:
         moment = moment.astimezone()  # local time, as a user reads a file's date
-    return (moment - _EPOCH) // dt.timedelta(microseconds=1) * 1000
+    return datetime_ns(moment)
 
 
 def _is_whole_day(text) -> bool:

@@ -56,6 +56,7 @@ import numpy as np
 from devise.errors import DataFormatError, DeviseError
 from devise.search.photo_date import DATE_SOURCES, date_text
 from devise.search.scan import ImageFile
+from devise.storage import h5_text
 
 FORMAT = "devise-image-index"
 FORMAT_VERSION = 3
@@ -130,10 +131,6 @@ class IndexDamagedError(DataFormatError):
             f"{path}: the image index {state} ({what}); rebuild it: run devise-index again with the "
             "same --out (it rebuilds a damaged index), or delete the file and index the folder anew"
         )
-
-
-def _text(value) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 def _file_token(path: str) -> tuple[int, int, int]:
@@ -228,7 +225,7 @@ class ImageIndex:
         try:
             token = _file_token(path)
             with h5py.File(path, "r") as f:
-                fmt = _text(f.attrs.get("format", ""))
+                fmt = h5_text(f.attrs.get("format", ""))
                 if fmt != FORMAT:
                     raise DataFormatError(
                         f"{path}: not a devise image index (HDF5 file without format='{FORMAT}'); "
@@ -243,7 +240,7 @@ class ImageIndex:
                 if version < FORMAT_VERSION and not (upgrade and version == 2):
                     lacks = _OLDER_VERSIONS.get(version, "from an older devise")
                     raise IndexDamagedError.at(path, f"format version {version}, {lacks}", damaged=False)
-                attrs = {key: _text(f.attrs.get(key, "")) for key in _DIGESTED_ATTRS}
+                attrs = {key: h5_text(f.attrs.get(key, "")) for key in _DIGESTED_ATTRS}
                 dim = int(f.attrs["dim"])
                 ids = list(f["ids"].asstr()[()])
                 paths = list(f["paths"].asstr()[()])
@@ -254,7 +251,7 @@ class ImageIndex:
                 date_ns = np.asarray(f["date_ns"][()], np.int64) if dated else None
                 date_source = np.asarray(f["date_source"][()], np.uint8) if dated else None
                 shape = f["embeddings"].shape
-                stored_digest = _text(f.attrs.get("metadata_sha256", ""))
+                stored_digest = h5_text(f.attrs.get("metadata_sha256", ""))
         except DeviseError:
             raise
         except (OSError, KeyError, ValueError, TypeError) as exc:

@@ -136,7 +136,12 @@ def photo_date(path: str, mtime_ns: int) -> tuple[int, str]:
     moment = exif_date(path)
     if moment is None:
         return int(mtime_ns), "mtime"
-    return (moment - _EPOCH) // dt.timedelta(microseconds=1) * 1000, "exif"
+    return datetime_ns(moment), "exif"
+
+
+def datetime_ns(moment: dt.datetime) -> int:
+    """An aware datetime as nanoseconds since the epoch (to the microsecond), as the index stores dates."""
+    return (moment - _EPOCH) // dt.timedelta(microseconds=1) * 1000
 
 
 def date_text(date_ns: int) -> str:
