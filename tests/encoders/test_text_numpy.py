@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import shutil
+import re
 import zipfile
 
 import numpy as np
@@ -209,11 +209,29 @@ def test_another_keras_model_is_refused(saved_models, tmp_path):
         NumpyTextModel.load(target)
 
 
-def test_archive_reader_keeps_variables_in_order(saved_models, tmp_path):
-    directory = saved_models[("bilstm", "float32", True, False, False)]
+def _keras_layer(model, path: str):
+    """The Keras layer a weights-file path names: ``layers/<snake_case class>/<attribute>/...``."""
+    parts = path.split("/")
+    by_class = {re.sub(r"(?<!^)(?=[A-Z])", "_", type(layer).__name__).lower(): layer for layer in model.layers}
+    layer = by_class[parts[1]]
+    for attribute in parts[2:]:
+        layer = getattr(layer, attribute)
+    return layer
+
+
+@pytest.mark.parametrize("variant", [("bilstm", "float32", True, False, False), ("gru", "float32", True, True, True)])
+def test_archive_reader_keeps_variables_in_order(saved_models, variant):
+    """Every variable the reader loads equals, in order, the one Keras itself saves for that layer."""
+    directory = saved_models[variant]
     archive = KerasArchive.read(directory / "model.keras")
-    kernel, recurrent, bias = archive.variables["layers/text_encoder/sequence/forward_layer/cell"]
-    assert kernel.shape == (6, 20) and recurrent.shape == (5, 20) and bias.shape == (20,)
-    copy = tmp_path / "copy"
-    shutil.copytree(directory, copy)
-    assert NumpyTextModel.load(copy / "model.keras").fingerprint() == NumpyTextModel.load(directory).fingerprint()
+    if variant[0] == "bilstm":
+        kernel, recurrent, bias = archive.variables["layers/text_encoder/sequence/forward_layer/cell"]
+        assert kernel.shape == (6, 20) and recurrent.shape == (5, 20) and bias.shape == (20,)
+    keras_model = DeViSEModel.load(directory).keras_model
+    for path, loaded in archive.variables.items():
+        store: dict = {}
+        _keras_layer(keras_model, path).save_own_variables(store)
+        assert len(loaded) == len(store), path
+        for i, variable in enumerate(loaded):
+            np.testing.assert_array_equal(variable, np.asarray(store[str(i)]), err_msg=f"{path} variable {i}")
+    assert sum(map(len, archive.variables.values())) == len(keras_model.get_weights())
