@@ -144,6 +144,9 @@ class NumpyTextModel:
         image_fingerprint = config.get("image_fingerprint", "")
         if not isinstance(image_fingerprint, str):
             raise refuse(f"{file}: image_fingerprint is not a string")
+        image_dim = config.get("image_dim")
+        if not isinstance(image_dim, int) or isinstance(image_dim, bool) or image_dim < 1:
+            raise refuse(f"{file}: image_dim is {image_dim!r}, not a positive whole number")
         # Keras' get_weights() order: each layer's own variables, then its sublayers'.
         order = [*image_paths, *_text_order(encoder)]
         weights = [w for p in order for w in archive.variables[p]]
@@ -152,7 +155,7 @@ class NumpyTextModel:
             file,
             encoder,
             image_fingerprint=image_fingerprint,
-            image_dim=config.get("image_dim"),
+            image_dim=image_dim,
             fingerprint=fingerprint,
         )
 

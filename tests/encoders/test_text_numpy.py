@@ -196,6 +196,23 @@ def test_a_config_it_does_not_reproduce_is_refused_not_guessed(saved_models, tmp
         NumpyTextModel.load(target)
 
 
+@pytest.mark.parametrize("image_dim", [None, 0, -7, 7.0, "7", True])
+def test_an_image_dim_that_is_not_a_positive_int_is_refused(saved_models, tmp_path, image_dim):
+    source = saved_models[VARIANTS[0]] / "model.keras"
+    target = tmp_path / "edited.keras"
+
+    def edit(config):
+        if image_dim is None:
+            del config["config"]["image_dim"]
+        else:
+            config["config"]["image_dim"] = image_dim
+        return config
+
+    _rewrite(source, target, config=edit)
+    with pytest.raises(UnsupportedTextEncoderError, match=f"{target}: image_dim is .*not a positive whole number"):
+        NumpyTextModel.load(target)
+
+
 def test_another_keras_model_is_refused(saved_models, tmp_path):
     source = saved_models[VARIANTS[0]] / "model.keras"
     target = tmp_path / "other.keras"
