@@ -431,7 +431,9 @@ class Trainer:
                 return {"image_features": tf.gather(images, y_rows[:, 0]), "tokens": tf.gather(tokens, rows)}, y_rows
 
             def pipeline(rows):
-                return rows.map(batch).prefetch(tf.data.AUTOTUNE)
+                return rows.map(batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(
+                    tf.data.AUTOTUNE
+                )
 
             if multi_worker:
                 # Every worker builds the same global batches and keeps its replicas' shares of each.
