@@ -6,9 +6,12 @@ Needs Debian's ``chromium`` and ``chromium-driver`` (``apt-get install chromium 
 test's tmp_path).
 """
 
+import json
 import os
 import pathlib
 import shutil
+import urllib.parse
+import urllib.request
 
 import pytest
 
@@ -147,3 +150,24 @@ def test_type_a_query_see_thumbnails_open_one_see_captions(server, driver, tmp_p
     driver.execute_script("document.getElementById('q').value = 'x'.repeat(600);")
     driver.find_element(By.ID, "go").click()
     wait.until(lambda b: "too long" in b.find_element(By.ID, "status").text, message="no error shown")
+
+    # A page URL runs a combined, filtered query: the status says it in words and the page shows what the
+    # API returns for the same parameters, in the same order.
+    query = {"q": QUERY, "not": "triangle", "k": "6", "min_score": "-1"}
+    url_query = urllib.parse.urlencode(query)
+    with urllib.request.urlopen(f"{server.url}/api/search?{url_query}", timeout=60) as response:
+        expected = [hit["id"] for hit in json.load(response)["results"]]
+    plain = urllib.parse.urlencode({"q": QUERY, "k": "6"})
+    with urllib.request.urlopen(f"{server.url}/api/search?{plain}", timeout=60) as response:
+        assert [hit["id"] for hit in json.load(response)["results"]] != expected, "the not term changed nothing"
+    driver.get(f"{server.url}/?{url_query}")
+    wait.until(
+        lambda b: "not \u201ctriangle\u201d" in b.find_element(By.ID, "status").text, message="no combined query"
+    )
+    wait.until(
+        lambda b: len(b.find_elements(By.CSS_SELECTOR, "#results .result")) == len(expected),
+        message="combined query results did not appear",
+    )
+    shown = [e.get_attribute("title") for e in driver.find_elements(By.CSS_SELECTOR, "#results .result")]
+    assert shown == expected
+    assert driver.find_element(By.ID, "q").get_attribute("value") == QUERY
