@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import time
 
 import numpy as np
 import pytest
@@ -112,3 +113,18 @@ def test_date_filter_days_are_inclusive_local_days():
             parse_date(bad)
     with pytest.raises(QueryError, match="after"):
         SearchFilter(since="2024-02-02", until="2024-02-01").mask(ids, times, "/")
+
+
+@pytest.mark.parametrize("zone", ["America/Los_Angeles", "Asia/Tokyo"])
+def test_a_date_at_an_end_of_the_calendar_is_a_query_error_not_a_traceback(monkeypatch, zone):
+    """``--until 9999-12-31`` overflowed (the next day) and ``--since 0001-01-01`` failed converting local time."""
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        for text, end in (("9999-12-31", True), ("9999-12-31T23:59:59", False), ("0001-01-01", False)):
+            with pytest.raises(QueryError, match="date out of range"):
+                parse_date(text, end=end)
+        assert parse_date("9998-12-31", end=True) > parse_date("2024-01-01")
+    finally:
+        monkeypatch.undo()
+        time.tzset()

@@ -44,25 +44,26 @@ def parse_date(text: str | dt.date | dt.datetime, *, end: bool = False) -> int:
     Raises:
         QueryError: the text is not a date.
     """
-    if isinstance(text, dt.datetime):
-        moment = text
-    elif isinstance(text, dt.date):
-        moment = dt.datetime.combine(text + dt.timedelta(days=1) if end else text, dt.time())
+    if isinstance(text, dt.datetime | dt.date):
+        day = text
     else:
         value = str(text).strip()
         try:
-            if len(value) == 10:
-                day = dt.date.fromisoformat(value)
-                moment = dt.datetime.combine(day + dt.timedelta(days=1) if end else day, dt.time())
-            else:
-                moment = dt.datetime.fromisoformat(value)
+            day = dt.date.fromisoformat(value) if len(value) == 10 else dt.datetime.fromisoformat(value)
         except ValueError:
             raise QueryError(
                 f"not a date: {value[:40]!r} (use YYYY-MM-DD or an ISO date-time such as 2024-01-31T18:30)"
             ) from None
-    if moment.tzinfo is None:
-        moment = moment.astimezone()  # local time, as a user reads a file's date
-    return datetime_ns(moment)
+    try:
+        if isinstance(day, dt.datetime):
+            moment = day
+        else:
+            moment = dt.datetime.combine(day + dt.timedelta(days=1) if end else day, dt.time())
+        if moment.tzinfo is None:
+            moment = moment.astimezone()  # local time, as a user reads a file's date
+        return datetime_ns(moment)
+    except (OverflowError, ValueError):  # the first or last day of the calendar, in some time zones
+        raise QueryError(f"date out of range: {str(text)[:40]!r} (use a year from 2 to 9998)") from None
 
 
 def _is_whole_day(text) -> bool:
