@@ -48,6 +48,7 @@ import numpy as np
 
 from devise.atomicfile import atomic_path
 from devise.errors import DeviseError
+from devise.storage import h5_text
 
 FORMAT_VERSION = 3
 #: Rows per HDF5 chunk; every append starts on a chunk boundary.
@@ -177,7 +178,7 @@ class FeatureStore:
         except OSError as exc:
             raise UntrustedStore(f"damaged or unreadable feature cache ({exc})") from None
         try:
-            found = _text(file.attrs.get("fingerprint", ""))
+            found = h5_text(file.attrs.get("fingerprint", ""))
             if found != fingerprint:
                 raise DeviseError(
                     f"{path}: feature cache was written by '{found}', not '{fingerprint}'. "
@@ -425,7 +426,3 @@ def _meta_digest(text: bytes, stat: np.ndarray, sha: np.ndarray) -> bytes:
     digest.update(np.ascontiguousarray(stat, "<i8").tobytes())
     digest.update(np.ascontiguousarray(sha, np.uint8).tobytes())
     return digest.digest()
-
-
-def _text(value) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
