@@ -57,7 +57,7 @@ def test_a_named_layer_with_max_pooling_and_the_input_size_each_network_declares
         "MobileNetV2", weights=None, layer="block_13_expand_relu", pooling="max", input_size=(32, 32)
     )
     assert extractor.extract(IMAGES).shape == (3, extractor.output_dim)
-    assert extractor.name == "keras-mobilenetv2-block_13_expand_relu"
+    assert extractor.name == "keras-mobilenetv2-block_13_expand_relu-max"
     assert KerasApplicationFeatureExtractor("InceptionV3", weights=None).input_size == (299, 299)
     assert KerasApplicationFeatureExtractor("EfficientNetB3", weights=None).input_size == (300, 300)
     assert KerasApplicationFeatureExtractor("VGG19", weights=None, layer="fc2").input_size == (224, 224)
@@ -127,11 +127,29 @@ def test_a_users_keras_model_gives_a_named_layers_features(tmp_path):
     assert extractor.input_size == (16, 16) and extractor.output_dim == 5
     expected = keras.Model(model.input, model.get_layer("embedding").output)(images.astype(np.float32))
     np.testing.assert_allclose(extractor.extract(images), keras.ops.convert_to_numpy(expected), rtol=1e-5, atol=1e-5)
-    assert extractor.fingerprint().startswith("keras-model-embedding|sha256:")
+    assert extractor.fingerprint().startswith("keras-model-embedding-avg|sha256:")
     conv = KerasModelFeatureExtractor(path, layer="conv", pooling="max")
     assert conv.extract(images).shape == (4, 4)
     with pytest.raises(ConfigError, match="has no layer 'fc9'"):
         KerasModelFeatureExtractor(path, layer="fc9").extract(images)
+
+
+def test_avg_and_max_pooling_of_one_layer_have_different_fingerprints(tmp_path):
+    def name(pooling):
+        return KerasApplicationFeatureExtractor(
+            "MobileNetV2", weights=None, layer="block_13_expand_relu", pooling=pooling
+        ).name
+
+    assert name("avg") != name("max")
+    _, path = _user_model(tmp_path)
+    avg, top = (KerasModelFeatureExtractor(path, layer="conv", pooling=p) for p in ("avg", "max"))
+    assert avg.fingerprint() != top.fingerprint()
+
+
+def test_mixed_precision_is_refused_for_a_keras_model(tmp_path):
+    _, path = _user_model(tmp_path)
+    with pytest.raises(ConfigError, match="mixed_precision: not supported for keras_model"):
+        KerasModelFeatureExtractor(path, mixed_precision=True)
 
 
 def test_a_bad_keras_model_file_is_a_one_line_error(tmp_path):

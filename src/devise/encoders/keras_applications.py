@@ -181,7 +181,8 @@ class KerasApplicationFeatureExtractor(FeatureExtractor):
         self.layer = layer
         self.pooling = _check_pooling(pooling)
         self.allow_download = allow_download
-        self.name = f"keras-{application.lower()}-{layer or pooling}"
+        # Pooling is always in the name: avg- and max-pooled features of one layer must never share a cache.
+        self.name = f"keras-{application.lower()}-" + (f"{layer}-{self.pooling}" if layer else self.pooling)
         self._output_dim: int | None = None
 
     @property
@@ -262,6 +263,11 @@ class KerasModelFeatureExtractor(FeatureExtractor):
         preprocessing: str | None = None,
         **options,
     ):
+        if options.get("mixed_precision"):
+            raise ConfigError(
+                "image_encoder.mixed_precision: not supported for keras_model (a loaded model keeps its own "
+                "float32 layers); set it to false"
+            )
         super().__init__(**options)
         self.path = os.fspath(path)
         if not os.path.isfile(self.path):
@@ -273,7 +279,8 @@ class KerasModelFeatureExtractor(FeatureExtractor):
         self.layer = layer
         self.pooling = _check_pooling(pooling)
         self.preprocessing = preprocessing
-        self.name = f"keras-model-{layer or 'output'}" + (f"-{preprocessing}" if preprocessing else "")
+        # Pooling is in the name (hence the fingerprint): it changes a 4-d layer's features.
+        self.name = f"keras-model-{layer or 'output'}-{self.pooling}" + (f"-{preprocessing}" if preprocessing else "")
         self._loaded = None
 
     def _load(self):
