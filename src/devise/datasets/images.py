@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 from collections.abc import Iterator
 
@@ -56,6 +57,7 @@ def load_image(
     size: tuple[int, int] | None = None,
     *,
     resize: str = "crop",
+    data: bytes | None = None,
 ) -> np.ndarray:
     """Decode an image file to an RGB ``uint8`` array of shape ``(H, W, 3)``.
 
@@ -82,13 +84,16 @@ def load_image(
         DataFormatError: the file is missing, empty, truncated, not an
             image, or too large to decode safely. The message names the file.
         ValueError: ``resize`` is not one of :data:`RESIZE_MODES`.
+
+    ``data``, when given, is the file's bytes already read (decoded instead
+    of the file, with the same pixels; ``path`` then only names it).
     """
     check_resize_mode(resize)
     path = os.fspath(path)
     with decoding(path):
-        if os.path.getsize(path) == 0:
+        if (len(data) if data is not None else os.path.getsize(path)) == 0:
             raise DataFormatError(f"{path}: empty file (0 bytes)")
-        with Image.open(path) as img:
+        with Image.open(path if data is None else io.BytesIO(data)) as img:
             check_pixels(path, img)
             img.seek(0)
             img = ImageOps.exif_transpose(img)
