@@ -431,3 +431,42 @@ def test_appends_past_the_datasets_are_not_trusted(tmp_path, capsys):
     assert table.computed == 3
     np.testing.assert_allclose(table.features, _expected(ids), atol=1e-3)
     assert "not intact" in capsys.readouterr().err
+
+
+class RewritingMeanColour(MeanColour):
+    """Rewrites ``path`` with another colour after the cache has planned, just before the files are read."""
+
+    def __init__(self, path, colour, **kwargs):
+        super().__init__(**kwargs)
+        self.rewrite = (path, colour)
+
+    def iter_features(self, paths, **kwargs):
+        path, colour = self.rewrite
+        Image.new("RGB", (12, 8), colour).save(path)
+        yield from super().iter_features(paths, **kwargs)
+
+
+def test_a_file_rewritten_between_plan_and_decode_is_recorded_as_what_was_decoded(tmp_path):
+    ids, paths = _write_images(tmp_path, 1)
+    original = pathlib.Path(paths[0]).read_bytes()
+    extractor = RewritingMeanColour(paths[0], (200, 100, 0))
+    cache = _cache(tmp_path, extractor)
+    first = cache.get_or_compute(extractor, ids, paths, progress=False)
+    np.testing.assert_allclose(first.features, [[200, 100, 0]], atol=1e-3)  # what was decoded
+    copy = tmp_path / "copy.png"
+    copy.write_bytes(original)  # the old bytes: must not be served the rewritten file's features
+    again = cache.get_or_compute(MeanColour(), ["copy"], [str(copy)], progress=False)
+    np.testing.assert_allclose(again.features, _expected(ids), atol=1e-3)
+
+
+def test_a_consumer_that_stops_early_leaves_no_decode_threads(tmp_path):
+    import threading
+
+    def stop(done, total):
+        raise KeyboardInterrupt  # the consumer, not the generator, raises: the generator must still be closed
+
+    ids, paths = _write_images(tmp_path, 6)
+    extractor = MeanColour(batch_size=2)
+    with pytest.raises(KeyboardInterrupt):
+        _cache(tmp_path, extractor).get_or_compute(extractor, ids, paths, progress=stop, workers=3)
+    assert not [t for t in threading.enumerate() if t.name.startswith("devise-decode")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -10,7 +11,6 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from devise.download import file_sha256
 from devise.encoders.feature_extractor import FeatureExtractor, progress_callback
 from devise.encoders.feature_store import FORMAT_VERSION, DamagedAppend, FeatureStore, RowInfo, UntrustedStore
 
@@ -69,11 +69,9 @@ class _Plan:
 
     found: dict[int, int]
     todo: list[int]
-    # What each file to extract was (stat'ed and hashed before it is read);
-    # a file that could not be stat'ed has none and is not cached.
-    identity: dict[int, RowInfo]
-    # Files touched or copied (found by content), or requested under another
-    # id: their features are appended again under the new stamp or id.
+    # Files requested under another id: their features are appended again
+    # under the new id. (Touched or copied files are found by content in
+    # the decode worker, which hashes the very bytes it would decode.)
     restamp: dict[int, RowInfo]
 
 
@@ -201,8 +199,11 @@ class FeatureCache:
         checkpoint_every: int = 512,
         workers: int | None = None,
     ) -> CacheUpdate:
-        """As :meth:`get_or_compute`, but the features stay in the file: memory does not grow with the images.
+        """As :meth:`get_or_compute`, but the features stay in the file.
 
+        Features are streamed (re-stamped rows in blocks, new ones every
+        ``checkpoint_every``); what grows with the images is the row
+        metadata (path, id, stat, digest: ~500 bytes a row) and the plan.
         The cached rows' features are still read once, to check them.
         """
         return self._run(extractor, ids, paths, progress, checkpoint_every, workers, None)
@@ -218,33 +219,53 @@ class FeatureCache:
         store = self._open(dim, writable=True)
         writer = _Appender(self, store, dim, checkpoint_every)
         try:
-            plan, pending = self._plan_checked(store, ids, paths, out)
-            writer.extend(pending)
+            plan = self._plan_checked(store, ids, paths, out)
+            if store is not None and plan.restamp:  # streamed in blocks: memory stays bounded
+                restamps = list(plan.restamp.items())
+                for rows, features in store.iter_features([plan.found[i] for i, _ in restamps], block_rows=1024):
+                    for (_, info), vector in zip(restamps[: len(rows)], features):
+                        writer.add(info, vector)
+                    restamps = restamps[len(rows) :]
             failures: list[tuple[str, str]] = []
+            reused = 0
             if plan.todo:
+                by_content = {info.sha256: n for n, info in enumerate(store.rows())} if store is not None else {}
                 report = progress_callback(progress, f"{extractor.name} features")
                 todo = plan.todo
-                for batch in extractor.iter_features([paths[i] for i in todo], workers=workers):
-                    for k, vector in zip(batch.indices, batch.features):
-                        i = todo[k]
-                        if out is not None:
-                            out[i] = vector
-                        if i in plan.identity:
-                            writer.add(plan.identity[i], vector)
-                    failures.extend(batch.failures)
-                    report(batch.done, len(todo))
+                batches = extractor.iter_features(
+                    [paths[i] for i in todo], workers=workers, known=frozenset(by_content)
+                )
+                with contextlib.closing(batches):
+                    for batch in batches:
+                        for k, vector in zip(batch.indices, batch.features):
+                            self._take(writer, out, todo[k], ids, paths, batch.identities[k], vector)
+                        for k in batch.known:  # touched, rewritten with the same bytes, or copied
+                            vector = store.read_features([by_content[batch.identities[k].sha256]])[0]
+                            self._take(writer, out, todo[k], ids, paths, batch.identities[k], vector)
+                        reused += len(batch.known)
+                        failures.extend(batch.failures)
+                        report(batch.done, len(todo))
                 report(len(todo), len(todo))
             writer.flush()
-            return CacheUpdate(len(ids), len(plan.found), len(plan.todo), failures, writer.written)
+            found = len(plan.found) + reused
+            return CacheUpdate(len(ids), found, len(plan.todo) - reused, failures, writer.written)
         finally:
             writer.close()
 
-    def _plan_checked(self, store, ids, paths, out) -> tuple[_Plan, list[tuple[RowInfo, np.ndarray]]]:
+    @staticmethod
+    def _take(writer, out, i, ids, paths, identity, vector) -> None:
+        """Record request ``i``'s features under exactly what the decode worker read."""
+        if out is not None:
+            out[i] = vector
+        info = RowInfo(os.path.abspath(paths[i]), ids[i], identity.size, identity.mtime_ns, identity.sha256)
+        writer.add(info, vector)
+
+    def _plan_checked(self, store, ids, paths, out) -> _Plan:
         """The plan, once the cached rows it relies on pass their checks (a failing chunk is dropped)."""
         while True:
             plan = _plan(store, ids, paths)
             if store is None:
-                return plan, []
+                return plan
             wanted: dict[int, list[int]] = {}  # row -> the requests it answers
             for i, n in plan.found.items():
                 wanted.setdefault(n, []).append(i)
@@ -257,14 +278,13 @@ class FeatureCache:
                                 out[i] = vector
                 elif rows:
                     store.verify({store.append_of(n) for n in rows})
-                restamped = store.read_features([plan.found[i] for i in plan.restamp]) if plan.restamp else []
             except DamagedAppend as exc:
                 self._warn(str(exc), "recomputing them and the rows written after them")
                 store.truncate(exc.index)
                 if out is not None:
                     out.clear()
                 continue
-            return plan, list(zip(plan.restamp.values(), restamped))
+            return plan
 
 
 class _Appender:
@@ -306,27 +326,19 @@ class _Appender:
 def _plan(store: FeatureStore | None, ids: Sequence[str], paths: Sequence[str | os.PathLike]) -> _Plan:
     rows = store.rows() if store is not None else []
     by_path = {info.path: n for n, info in enumerate(rows)}  # the last row of a file wins
-    by_content = {info.sha256: n for n, info in enumerate(rows)}
-    plan = _Plan({}, [], {}, {})
+    plan = _Plan({}, [], {})
     for i, (image_id, path) in enumerate(zip(ids, paths)):
         key = os.path.abspath(path)
         try:
             st = os.stat(key)
-            n = by_path.get(key)
-            if n is not None and (rows[n].size, rows[n].mtime_ns) == (st.st_size, st.st_mtime_ns):
-                plan.found[i] = n
-                if rows[n].image_id != image_id:  # another dataset's name for it: recorded as the latest
-                    plan.restamp[i] = dataclasses.replace(rows[n], image_id=image_id)
-                continue
-            digest = bytes.fromhex(file_sha256(key))
         except OSError:
             plan.todo.append(i)  # iter_features says why it cannot be read
             continue
-        info = RowInfo(key, image_id, st.st_size, st.st_mtime_ns, digest)
-        if digest in by_content:  # touched, rewritten with the same bytes, or copied
-            plan.found[i] = by_content[digest]
-            plan.restamp[i] = info
-        else:
+        n = by_path.get(key)
+        if n is not None and (rows[n].size, rows[n].mtime_ns) == (st.st_size, st.st_mtime_ns):
+            plan.found[i] = n
+            if rows[n].image_id != image_id:  # another dataset's name for it: recorded as the latest
+                plan.restamp[i] = dataclasses.replace(rows[n], image_id=image_id)
+        else:  # new or changed: the decode worker hashes the bytes it decodes (found by content there)
             plan.todo.append(i)
-            plan.identity[i] = info
     return plan

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
-from devise.datasets.images import check_resize_mode, load_image
+from devise.datasets.images import check_resize_mode, decoding, load_image
 from devise.errors import ConfigError, DataFormatError
 
 
@@ -60,6 +60,31 @@ class FeatureBatch:
     features: np.ndarray
     failures: list[tuple[str, str]]
     done: int
+    #: with ``known``: what each file read was (decoded or known), by input position.
+    identities: dict[int, FileIdentity] = dataclasses.field(default_factory=dict)
+    #: with ``known``: positions whose content digest was in ``known`` (read and hashed, not decoded).
+    known: list[int] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
+class FileIdentity:
+    """A file as one read saw it: ``fstat`` size and mtime, and the SHA-256 of exactly the bytes decoded."""
+
+    size: int
+    mtime_ns: int
+    sha256: bytes
+
+
+def _read_and_decode(path, size, resize, known):
+    """Read ``path`` once; hash, ``fstat`` and decode those same bytes (a file rewritten meanwhile cannot mix)."""
+    name = os.fspath(path)
+    with decoding(name), open(name, "rb") as handle:
+        st = os.fstat(handle.fileno())
+        data = handle.read()
+    identity = FileIdentity(st.st_size, st.st_mtime_ns, hashlib.sha256(data).digest())
+    if identity.sha256 in known:
+        return None, identity
+    return load_image(name, size, resize=resize, data=data), identity
 
 
 def default_workers() -> int:
@@ -233,6 +258,7 @@ class FeatureExtractor(abc.ABC):
         paths: Sequence[str | os.PathLike],
         *,
         workers: int | None = None,
+        known: frozenset[bytes] | set[bytes] | None = None,
     ) -> Iterator[FeatureBatch]:
         """Features of image files, one :class:`FeatureBatch` per forward pass.
 
@@ -250,6 +276,10 @@ class FeatureExtractor(abc.ABC):
             paths: image files.
             workers: decoding threads (``None``: the extractor's
                 ``workers``, else one per CPU core).
+            known: when given, each file is read once and its SHA-256,
+                ``fstat`` and pixels all come from those bytes (reported in
+                ``identities``); a file whose digest is in ``known`` is not
+                decoded (reported in ``known``). The feature cache uses this.
         """
         paths = list(paths)
         workers = workers or self.workers or default_workers()
@@ -264,25 +294,37 @@ class FeatureExtractor(abc.ABC):
                 item = next(todo, None)
                 if item is None:
                     return
-                pending.append((item[0], item[1], pool.submit(load_image, item[1], size, resize=resize)))
+                if known is None:
+                    future = pool.submit(load_image, item[1], size, resize=resize)
+                else:
+                    future = pool.submit(_read_and_decode, item[1], size, resize, known)
+                pending.append((item[0], item[1], future))
 
         try:
             refill()
             images: list[np.ndarray] = []
             indices: list[int] = []
             failures: list[tuple[str, str]] = []
+            identities: dict[int, FileIdentity] = {}
+            reused: list[int] = []
             while pending:
                 i, path, future = pending.popleft()
                 refill()
                 try:
-                    images.append(future.result())
-                    indices.append(i)
+                    image = future.result()
+                    if known is not None:
+                        image, identities[i] = image
+                    if image is None:
+                        reused.append(i)
+                    else:
+                        images.append(image)
+                        indices.append(i)
                 except DataFormatError as exc:
                     failures.append((os.fspath(path), str(exc)))
                 if len(images) == self.batch_size or not pending:
                     features = self.extract(np.stack(images)) if images else np.zeros((0, self.output_dim), np.float32)
-                    yield FeatureBatch(indices, features, failures, done=i + 1)
-                    images, indices, failures = [], [], []
+                    yield FeatureBatch(indices, features, failures, done=i + 1, identities=identities, known=reused)
+                    images, indices, failures, identities, reused = [], [], [], {}, []
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
@@ -308,11 +350,12 @@ class FeatureExtractor(abc.ABC):
         features: list[np.ndarray] = []
         indices: list[int] = []
         failures: list[tuple[str, str]] = []
-        for batch in self.iter_features(paths, workers=workers):
-            features.append(batch.features)
-            indices.extend(batch.indices)
-            failures.extend(batch.failures)
-            report(batch.done, total)
+        with contextlib.closing(self.iter_features(paths, workers=workers)) as batches:
+            for batch in batches:
+                features.append(batch.features)
+                indices.extend(batch.indices)
+                failures.extend(batch.failures)
+                report(batch.done, total)
         report(total, total)
         feats = np.concatenate(features) if features else np.zeros((0, self.output_dim), np.float32)
         return ExtractionResult(feats, indices, failures)
