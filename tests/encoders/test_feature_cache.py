@@ -184,21 +184,18 @@ def test_extractor_must_match_the_cache_fingerprint(tmp_path):
         cache.get_or_compute(MeanColour(weights_id="a"), ids, paths * 2, progress=False)
 
 
-def test_corrupt_cache_file_is_recomputed_with_a_warning(tmp_path, capsys):
+def test_garbage_at_the_cache_path_is_refused_not_overwritten(tmp_path):
     ids, paths = _write_images(tmp_path, 3)
     extractor = MeanColour()
     cache = _cache(tmp_path, extractor)
     os.makedirs(os.path.dirname(cache.path))
+    garbage = os.urandom(64) + b"definitely not HDF5" * 10
     with open(cache.path, "wb") as f:
-        f.write(os.urandom(64) + b"definitely not HDF5" * 10)
-
-    table = cache.get_or_compute(extractor, ids, paths, progress=False)
-    assert table.computed == 3
-    np.testing.assert_allclose(table.features, _expected(ids), atol=1e-3)
-    err = capsys.readouterr().err
-    assert "warning" in err and cache.path in err
-    # The garbage was replaced by a good cache.
-    assert set(cache.read()) == set(ids)
+        f.write(garbage)
+    with pytest.raises(DeviseError, match="not an HDF5 feature cache; refusing to overwrite it") as info:
+        cache.get_or_compute(extractor, ids, paths, progress=False)
+    assert cache.path in str(info.value) and "\n" not in str(info.value)
+    assert pathlib.Path(cache.path).read_bytes() == garbage
 
 
 def test_cache_missing_datasets_is_recomputed(tmp_path, capsys):
@@ -470,3 +467,18 @@ def test_a_consumer_that_stops_early_leaves_no_decode_threads(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         _cache(tmp_path, extractor).get_or_compute(extractor, ids, paths, progress=stop, workers=3)
     assert not [t for t in threading.enumerate() if t.name.startswith("devise-decode")]
+
+
+def test_a_cache_another_process_is_writing_is_refused_in_one_line(tmp_path):
+    import fcntl
+
+    ids, paths = _write_images(tmp_path, 2)
+    extractor = MeanColour()
+    cache = _cache(tmp_path, extractor)
+    os.makedirs(os.path.dirname(cache.path), exist_ok=True)
+    with open(cache.path + ".lock", "a") as other:  # another open file: flock conflicts as across processes
+        fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(DeviseError, match="another process is writing this cache") as info:
+            cache.get_or_compute(extractor, ids, paths, progress=False)
+        assert "\n" not in str(info.value) and not os.path.exists(cache.path)
+    assert cache.get_or_compute(extractor, ids, paths, progress=False).computed == 2  # free again

@@ -9,10 +9,17 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+import h5py
 import numpy as np
 
 from devise.encoders.feature_extractor import FeatureExtractor, progress_callback
 from devise.encoders.feature_store import FORMAT_VERSION, DamagedAppend, FeatureStore, RowInfo, UntrustedStore
+from devise.errors import DataFormatError, DeviseError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock
+    fcntl = None
 
 __all__ = ["FORMAT_VERSION", "CacheUpdate", "FeatureCache", "FeatureTable", "default_cache_path"]
 
@@ -145,6 +152,11 @@ class FeatureCache:
         """The store, or ``None`` (with a warning) if the file is absent or cannot be trusted."""
         if not os.path.exists(self.path):
             return None
+        if not h5py.is_hdf5(self.path):  # never overwrite what is not a cache (an image, a typo'd --out)
+            raise DataFormatError(
+                f"{self.path}: exists and is not an HDF5 feature cache; refusing to overwrite it "
+                "(move it away or choose another cache path)"
+            )
         try:
             store = FeatureStore.open(self.path, self.fingerprint, dim=dim, writable=writable)
         except UntrustedStore as exc:
@@ -216,6 +228,10 @@ class FeatureCache:
         if checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
         dim = extractor.output_dim
+        with _write_lock(self.path):
+            return self._locked_run(extractor, ids, paths, progress, checkpoint_every, workers, out, dim)
+
+    def _locked_run(self, extractor, ids, paths, progress, checkpoint_every, workers, out, dim) -> CacheUpdate:
         store = self._open(dim, writable=True)
         writer = _Appender(self, store, dim, checkpoint_every)
         try:
@@ -285,6 +301,33 @@ class FeatureCache:
                     out.clear()
                 continue
             return plan
+
+
+@contextlib.contextmanager
+def _write_lock(path: str):
+    """Hold ``path + ".lock"`` exclusively (``flock``) for a whole update, or fail at once with one line.
+
+    Two processes starting on a missing or untrusted cache would otherwise
+    both create it, the second replacing the first's file under it. The
+    lock is not waited for: the other run owns the cache until it finishes.
+    The ``.lock`` file stays (removing it would race with a new holder).
+    Where ``fcntl`` does not exist (Windows) only HDF5's own lock applies.
+    """
+    if fcntl is None:
+        yield
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".lock", "a") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DeviseError(
+                f"{path}: another process is writing this cache; wait for it to finish (or use another cache path)"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 class _Appender:

@@ -137,7 +137,7 @@ class FeatureStore:
         """A new empty store at ``path`` (an existing file is replaced in one rename), open for appending."""
         path = os.fspath(path)
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        with atomic_path(path, durable=True) as tmp, h5py.File(tmp, "w") as f:
             f.attrs["fingerprint"] = fingerprint
             f.attrs["format_version"] = FORMAT_VERSION
             f.attrs["dim"] = dim
