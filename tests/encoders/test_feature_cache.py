@@ -482,3 +482,16 @@ def test_a_cache_another_process_is_writing_is_refused_in_one_line(tmp_path):
             cache.get_or_compute(extractor, ids, paths, progress=False)
         assert "\n" not in str(info.value) and not os.path.exists(cache.path)
     assert cache.get_or_compute(extractor, ids, paths, progress=False).computed == 2  # free again
+
+
+def test_a_file_requested_under_two_ids_does_not_grow_the_cache_every_run(tmp_path):
+    ids, paths = _write_images(tmp_path, 2)
+    extractor = MeanColour()
+    cache = _cache(tmp_path, extractor)
+    counts = []
+    for _ in range(4):
+        table = cache.get_or_compute(extractor, [*ids, "alias"], [*paths, paths[0]], progress=False)
+        np.testing.assert_allclose(table.features[2], table.features[0])
+        with cache.open() as store:
+            counts.append(len(store.rows()))
+    assert counts[1:] == [counts[1]] * 3, counts

@@ -369,6 +369,9 @@ class _Appender:
 def _plan(store: FeatureStore | None, ids: Sequence[str], paths: Sequence[str | os.PathLike]) -> _Plan:
     rows = store.rows() if store is not None else []
     by_path = {info.path: n for n, info in enumerate(rows)}  # the last row of a file wins
+    # Rows are also keyed by (file, id): a file requested under several ids is found under each, so it is not
+    # re-stamped (a row appended) on every run.
+    by_key = {(info.path, info.image_id): n for n, info in enumerate(rows)}
     plan = _Plan({}, [], {})
     for i, (image_id, path) in enumerate(zip(ids, paths)):
         key = os.path.abspath(path)
@@ -377,11 +380,15 @@ def _plan(store: FeatureStore | None, ids: Sequence[str], paths: Sequence[str | 
         except OSError:
             plan.todo.append(i)  # iter_features says why it cannot be read
             continue
+        stamp = (st.st_size, st.st_mtime_ns)
+        n = by_key.get((key, image_id))
+        if n is not None and (rows[n].size, rows[n].mtime_ns) == stamp:
+            plan.found[i] = n  # this file under this id, unchanged: nothing to write
+            continue
         n = by_path.get(key)
-        if n is not None and (rows[n].size, rows[n].mtime_ns) == (st.st_size, st.st_mtime_ns):
-            plan.found[i] = n
-            if rows[n].image_id != image_id:  # another dataset's name for it: recorded as the latest
-                plan.restamp[i] = dataclasses.replace(rows[n], image_id=image_id)
+        if n is not None and (rows[n].size, rows[n].mtime_ns) == stamp:
+            plan.found[i] = n  # another dataset's name for it: recorded once under this id too
+            plan.restamp[i] = dataclasses.replace(rows[n], image_id=image_id)
         else:  # new or changed: the decode worker hashes the bytes it decodes (found by content there)
             plan.todo.append(i)
     return plan
