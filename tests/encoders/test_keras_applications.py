@@ -7,6 +7,8 @@ input sizes where the network allows.
 
 from __future__ import annotations
 
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -161,3 +163,33 @@ def test_a_bad_keras_model_file_is_a_one_line_error(tmp_path):
     bad.write_bytes(b"not a zip")
     with pytest.raises(DataFormatError, match="bad.keras: cannot load this Keras model"):
         _ = KerasModelFeatureExtractor(bad).input_size
+
+
+def test_imagenet_weights_missing_from_the_keras_cache_are_not_downloaded_unless_allowed(tmp_path, monkeypatch):
+    from keras.src.utils import file_utils
+
+    calls = []
+
+    def fake_get_file(fname=None, origin=None, **kwargs):  # mock: no network here, and no download may start
+        calls.append(fname)
+        raise RuntimeError("Keras would fetch it now")
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setattr(file_utils, "get_file", fake_get_file)
+    with pytest.raises(MissingResourcesError, match="image_encoder.allow_download=true") as info:
+        _ = KerasApplicationFeatureExtractor("MobileNetV2", input_size=(32, 32)).output_dim
+    assert calls == []  # refused before Keras was asked
+    name = os.path.basename(str(info.value).split(" is not in the Keras cache")[0].split(": ")[-1])
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / name).write_bytes(b"cached")  # present: handed to Keras (which checks its hash)
+    with pytest.raises(RuntimeError, match="Keras would fetch it now"):
+        _ = KerasApplicationFeatureExtractor("MobileNetV2", input_size=(32, 32)).output_dim
+    assert calls == [name]
+    (tmp_path / "models" / name).unlink()
+    with pytest.raises(RuntimeError, match="Keras would fetch it now"):  # allowed: Keras may download
+        _ = KerasApplicationFeatureExtractor("MobileNetV2", input_size=(32, 32), allow_download=True).output_dim
+
+
+def test_too_small_an_input_size_is_blamed_on_input_size():
+    with pytest.raises(ConfigError, match="image_encoder.input_size: InceptionV3 cannot be built at 40x40"):
+        _ = KerasApplicationFeatureExtractor("InceptionV3", weights=None, input_size=(40, 40)).output_dim

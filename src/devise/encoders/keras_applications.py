@@ -18,12 +18,15 @@ mine = KerasModelFeatureExtractor("my_model.keras", layer="embedding")
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
+import urllib.parse
 
 import keras
 
 from devise.encoders.feature_extractor import FeatureExtractor, weights_file_digest
+from devise.encoders.vgg16 import keras_cache_dir
 from devise.errors import ConfigError, DataFormatError, MissingResourcesError
 
 __all__ = [
@@ -120,6 +123,40 @@ def _weights_id(weights: str | None) -> str:
     return f"sha256:{weights_file_digest(weights)}"
 
 
+@contextlib.contextmanager
+def _cached_weights_only(application: str):
+    """While a ``keras.applications`` network is built: refuse to download weights missing from the Keras cache.
+
+    The applications fetch their weights through ``keras.src.utils.file_utils.get_file``
+    (Keras has no public switch to forbid the download), so that function is wrapped
+    for the duration: a file already in ``$KERAS_HOME/<cache_subdir>`` goes through
+    (Keras checks its hash), a missing one is refused before any network access.
+    """
+    from keras.src.utils import file_utils
+
+    original = file_utils.get_file
+
+    def get_file(fname=None, origin=None, *args, **kwargs):
+        name = fname or os.path.basename(urllib.parse.urlsplit(origin or "").path)
+        home = kwargs.get("cache_dir") or os.path.dirname(keras_cache_dir())
+        path = os.path.join(home, kwargs.get("cache_subdir", "datasets"), name)
+        if not os.path.isfile(path):
+            raise MissingResourcesError(
+                [
+                    f"keras.applications.{application} ImageNet weights: {path} is not in the Keras cache; "
+                    "set image_encoder.allow_download=true to let Keras download it, or set image_encoder.weights "
+                    "to a local weights file, or to none for random weights"
+                ]
+            )
+        return original(fname, origin, *args, **kwargs)
+
+    file_utils.get_file = get_file
+    try:
+        yield
+    finally:
+        file_utils.get_file = original
+
+
 class KerasApplicationFeatureExtractor(FeatureExtractor):
     """Features of a ``keras.applications`` network: pooled, or a named layer's output.
 
@@ -139,8 +176,9 @@ class KerasApplicationFeatureExtractor(FeatureExtractor):
         input_size: ``(height, width)``; ``None`` for the application's own
             (224x224 for most). Smaller sizes are faster and work where the
             network allows (at least 32x32 for most).
-        allow_download: accepted for the registry's uniform call; Keras itself
-            downloads ``"imagenet"`` weights it does not have cached.
+        allow_download: let Keras download ``"imagenet"`` weights missing from
+            its cache (``$KERAS_HOME/models``); without it a missing file is a
+            one-line :class:`MissingResourcesError`.
         batch_size, device, resize, workers, mixed_precision: see :class:`FeatureExtractor`.
 
     Example:
@@ -201,13 +239,24 @@ class KerasApplicationFeatureExtractor(FeatureExtractor):
         options = {"include_top": include_top, "weights": self.weights}
         if not include_top:
             options.update(input_shape=(*self.input_size, 3), pooling=None if self.layer else self.pooling)
+        gate = contextlib.nullcontext() if self.allow_download else _cached_weights_only(self.application)
         try:
-            return constructor(**options)
+            with gate:
+                return constructor(**options)
+        except MissingResourcesError:
+            raise
         except (OSError, ValueError) as exc:
+            if "input" in str(exc).lower():  # e.g. "Input size must be at least 75x75": not the weights' fault
+                raise ConfigError(
+                    f"image_encoder.input_size: {self.application} cannot be built at "
+                    f"{self.input_size[0]}x{self.input_size[1]} ({str(exc).splitlines()[0]})"
+                ) from None
             raise DataFormatError(
-                f"{self.weights}: cannot build {self.application} with these weights ({exc})"
+                f"{self.weights}: cannot build {self.application} with these weights ({str(exc).splitlines()[0]})"
             ) from None
-        except Exception as exc:  # Keras wraps every download failure in a bare Exception
+        except Exception as exc:
+            if type(exc) is not Exception:  # Keras wraps every download failure in a bare Exception; no other
+                raise
             raise MissingResourcesError(
                 [
                     f"keras.applications.{self.application} ImageNet weights: not in the Keras cache "
@@ -288,7 +337,8 @@ class KerasModelFeatureExtractor(FeatureExtractor):
             try:
                 self._loaded = keras.saving.load_model(self.path, compile=False)
             except Exception as exc:  # Keras raises ValueError, OSError, TypeError, zipfile errors...
-                raise DataFormatError(f"{self.path}: cannot load this Keras model ({exc})") from None
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise DataFormatError(f"{self.path}: cannot load this Keras model ({first})") from None
             shape = tuple(self._loaded.input_shape[1:]) if not isinstance(self._loaded.input_shape, list) else ()
             if len(shape) != 3 or shape[2] != 3 or None in shape:
                 raise DataFormatError(
