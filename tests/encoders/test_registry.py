@@ -59,3 +59,19 @@ def test_a_new_backbone_is_one_registration(monkeypatch):
         register_extractor("tiny", Tiny)
     register_extractor("tiny", VGG16FeatureExtractor, replace=True)
     assert type(make_feature_extractor("tiny", weights=None)) is VGG16FeatureExtractor
+
+
+@pytest.mark.parametrize(
+    ("backbone", "key", "value"),
+    [
+        ("vgg16", "layer", "fc1"),
+        ("efficientnet_lite0", "pooling", "max"),
+        ("vgg16", "application", "ResNet50"),
+        ("efficientnet_lite0", "input_size", "64"),
+        ("keras_model", "input_size", "64"),
+    ],
+)
+def test_a_key_the_backbone_does_not_take_is_refused_not_ignored(backbone, key, value):
+    config = load_config(None, [f"image_encoder.backbone={backbone}", f"image_encoder.{key}={value}"])
+    with pytest.raises(ConfigError, match=f"image_encoder.{key}: backbone {backbone} does not take it"):
+        feature_extractor_from_config(config.image_encoder)

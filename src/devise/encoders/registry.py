@@ -107,6 +107,13 @@ def make_feature_extractor(
     return factory(weights, **options)
 
 
+#: the config keys beyond the common ones that each built-in backbone takes; others are refused, never ignored.
+_BACKBONE_KEYS = {
+    "keras_application": ("application", "layer", "pooling", "input_size"),
+    "keras_model": ("layer", "pooling"),
+}
+
+
 def feature_extractor_from_config(image_encoder: ImageEncoderConfig) -> FeatureExtractor:
     """The extractor an ``image_encoder`` config section names.
 
@@ -118,6 +125,15 @@ def feature_extractor_from_config(image_encoder: ImageEncoderConfig) -> FeatureE
             ``mixed_precision``, ``application``, ``layer``, ``pooling``,
             ``input_size``).
     """
+    takes = _BACKBONE_KEYS.get(image_encoder.backbone, ())
+    for key, default in (("application", None), ("layer", None), ("pooling", "avg"), ("input_size", None)):
+        value = getattr(image_encoder, key, default)
+        if value != default and key not in takes:
+            taken_by = [name for name, keys in _BACKBONE_KEYS.items() if key in keys]
+            raise ConfigError(
+                f"image_encoder.{key}: backbone {image_encoder.backbone} does not take it (only "
+                f"{' and '.join(taken_by)} do); remove it or change image_encoder.backbone"
+            )
     options: dict[str, Any] = {}
     if image_encoder.backbone == "keras_application":
         options["application"] = getattr(image_encoder, "application", None)
