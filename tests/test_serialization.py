@@ -19,6 +19,7 @@ import pytest
 import tensorflow as tf
 
 import devise
+from devise.encoders.keras_applications import ApplicationPreprocessing
 from devise.encoders.projector import L2Normalize, LinearProjector
 from devise.encoders.text_encoder import TEXT_ENCODER_KINDS, TextEncoder
 from devise.encoders.vgg16 import CaffeImagePreprocessing
@@ -138,6 +139,14 @@ LAYERS = {
         dict(shape=(6, 5, 3)),
         np.random.default_rng(5).uniform(0, 255, (2, 6, 5, 3)).astype(np.float32),
     ),
+    **{
+        f"ApplicationPreprocessing-{module}": (
+            (lambda module=module: ApplicationPreprocessing(module, name=f"pre_{module}")),
+            dict(shape=(6, 5, 3)),
+            np.random.default_rng(9).uniform(0, 255, (2, 6, 5, 3)).astype(np.float32),
+        )
+        for module in ("resnet", "mobilenet_v2", "densenet")
+    },
     "DeViSEJointModel": (_joint_model, JOINT_SPEC, _joint_inputs()),
 }
 
