@@ -18,18 +18,20 @@ Pascal Sentences' images), then for each backbone, in the same run:
 * naive: Pillow open, convert, resize, then ``model.predict`` on one image
   at a time, with the same Keras model.
 
-The compute and end-to-end passes alternate (``--passes``, 3 each), and
-each keeps its best (the machine is shared: other jobs only ever slow a
+The compute, end-to-end and naive passes alternate (``--passes``, 3 each,
+the same files each time), and each keeps its best (the machine is shared: other jobs only ever slow a
 pass down, so the best pass is the one least disturbed).
 VGG16 runs with random weights (its ImageNet weights cannot be downloaded
 here; the speed is the same); EfficientNet-Lite0 with its ImageNet weights
-(``devise[demo]``). Peak memory (``ru_maxrss``) of the end-to-end
-extraction is measured in a fresh child process for each ``--memory`` count,
-with EfficientNet-Lite0.
+(``devise[demo]``). Memory is measured in a fresh child process for each
+``--memory`` count, with EfficientNet-Lite0: the process peak
+(``ru_maxrss``, dominated by start-up) and the extraction's own increment
+(``VmHWM`` reset after start-up, minus the resident size at that reset),
+the figure the memory target is judged on.
 
 Targets (issue 10): end to end >= 90% of the in-memory compute rate for both
-backbones and >= 3x the naive loop; peak memory at 2,000 images within 10%
-of 200.
+backbones and >= 3x the naive loop; the extraction's own memory increment at
+2,000 images within 10% of that at 200.
 """
 
 from __future__ import annotations
@@ -131,11 +133,11 @@ def bench_backbone(backbone: str, paths: list[str], naive_count: int, workdir: s
     extractor.extract(images[: extractor.batch_size])  # trace and warm up
     extractor.model.predict(images[:1].astype(np.float32), verbose=0)
     cache_path = os.path.join(workdir, f"{backbone}.h5")
-    memory_s, e2e_s = [], []
-    for _ in range(passes):
+    memory_s, e2e_s, naive_s = [], [], []
+    for _ in range(passes):  # the three kinds alternate, same files each pass; each keeps its best
         memory_s.append(in_memory(extractor, images))
         e2e_s.append(end_to_end(extractor, paths, cache_path))
-    naive_s = naive(extractor.model, paths[:naive_count], extractor.input_size)
+        naive_s.append(naive(extractor.model, paths[:naive_count], extractor.input_size))
     n = len(paths)
     return {
         "backbone": backbone,
@@ -144,7 +146,7 @@ def bench_backbone(backbone: str, paths: list[str], naive_count: int, workdir: s
         "batch_size": extractor.batch_size,
         "in_memory_per_s": n / min(memory_s),
         "end_to_end_per_s": n / min(e2e_s),
-        "naive_per_s": naive_count / naive_s,
+        "naive_per_s": naive_count / min(naive_s),
         "passes_s": {"in_memory": memory_s, "end_to_end": e2e_s, "naive": naive_s},
     }
 
@@ -159,9 +161,15 @@ def child_memory(count: int, folder: str, workdir: str) -> None:
     startup_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     with open("/proc/self/clear_refs", "w") as handle:
         handle.write("5")
+    baseline_mb = _vm_hwm_mb()  # the high-water mark just reset: the resident size at the start of extraction
     elapsed = end_to_end(extractor, paths, os.path.join(workdir, f"memory-{count}.h5"))
     during_mb = _vm_hwm_mb()
-    summary = {"images": count, "peak_mb": max(startup_mb, during_mb), "extraction_peak_mb": during_mb}
+    summary = {
+        "images": count,
+        "peak_mb": max(startup_mb, during_mb),
+        "extraction_peak_mb": during_mb,
+        "extraction_increment_mb": during_mb - baseline_mb,  # what extraction itself added
+    }
     print(json.dumps({**summary, "seconds": elapsed}))
 
 
@@ -238,14 +246,18 @@ def main() -> None:
         for m in memory:
             print(
                 f"peak memory, efficientnet_lite0 end to end, {m['images']:5d} images: process {m['peak_mb']:7.0f} MB,"
-                f" during extraction {m['extraction_peak_mb']:7.0f} MB ({m['images'] / m['seconds']:.1f} images/s)"
+                f" during extraction {m['extraction_peak_mb']:7.0f} MB, extraction's own increment "
+                f"{m['extraction_increment_mb']:6.1f} MB ({m['images'] / m['seconds']:.1f} images/s)"
             )
-        growth = memory[-1]["peak_mb"] / memory[0]["peak_mb"] - 1
-        during = memory[-1]["extraction_peak_mb"] / memory[0]["extraction_peak_mb"] - 1
-        ok &= growth <= 0.10 and during <= 0.10
+        # The process peak is start-up (TensorFlow, the model): it hides what extraction adds. The
+        # target is judged on the increment over the resident size at the start of extraction.
+        first, last = memory[0]["extraction_increment_mb"], memory[-1]["extraction_increment_mb"]
+        growth = last / first - 1 if first > 0 else float("inf")
+        ok &= growth <= 0.10
         print(
-            f"growth from {memory[0]['images']} to {memory[-1]['images']} images: process peak {growth:+.1%}, "
-            f"peak during extraction {during:+.1%}"
+            f"extraction's own increment from {memory[0]['images']} to {memory[-1]['images']} images: "
+            f"{first:.1f} -> {last:.1f} MB ({growth:+.1%}); process peak "
+            f"{memory[-1]['peak_mb'] / memory[0]['peak_mb'] - 1:+.1%} (start-up dominated)"
         )
     print()
     print("targets (e2e >= 90% of in-memory compute, >= 3x naive, memory within 10%):", "met" if ok else "NOT met")

@@ -495,3 +495,23 @@ def test_a_file_requested_under_two_ids_does_not_grow_the_cache_every_run(tmp_pa
         with cache.open() as store:
             counts.append(len(store.rows()))
     assert counts[1:] == [counts[1]] * 3, counts
+
+
+def test_re_stamped_rows_are_read_in_blocks_not_all_at_once(tmp_path, monkeypatch):
+    from devise.encoders import feature_cache
+    from devise.encoders.feature_store import FeatureStore
+
+    ids, paths = _write_images(tmp_path, 7)
+    extractor = MeanColour()
+    cache = _cache(tmp_path, extractor)
+    cache.update(extractor, ids, paths, progress=False)
+    sizes = []
+    read = FeatureStore.read_features
+    monkeypatch.setattr(feature_cache, "_BLOCK_ROWS", 2)
+    monkeypatch.setattr(FeatureStore, "read_features", lambda self, rows: sizes.append(len(rows)) or read(self, rows))
+    renamed = [f"other-{i}" for i in ids]  # every file under a new id: every row re-stamped
+    assert cache.update(extractor, renamed, paths, progress=False).rows == 7
+    assert sizes and max(sizes) <= 2
+    np.testing.assert_allclose(
+        cache.get_or_compute(extractor, renamed, paths, progress=False).features, _expected(ids), atol=1e-3
+    )

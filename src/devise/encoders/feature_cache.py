@@ -21,6 +21,9 @@ try:
 except ImportError:  # Windows: no flock
     fcntl = None
 
+#: re-stamped rows' features read per block: memory stays bounded however many rows are re-stamped.
+_BLOCK_ROWS = 1024
+
 __all__ = ["FORMAT_VERSION", "CacheUpdate", "FeatureCache", "FeatureTable", "default_cache_path"]
 
 
@@ -238,7 +241,7 @@ class FeatureCache:
             plan = self._plan_checked(store, ids, paths, out)
             if store is not None and plan.restamp:  # streamed in blocks: memory stays bounded
                 restamps = list(plan.restamp.items())
-                for rows, features in store.iter_features([plan.found[i] for i, _ in restamps], block_rows=1024):
+                for rows, features in store.iter_features([plan.found[i] for i, _ in restamps], block_rows=_BLOCK_ROWS):
                     for (_, info), vector in zip(restamps[: len(rows)], features):
                         writer.add(info, vector)
                     restamps = restamps[len(rows) :]
