@@ -21,8 +21,8 @@ from keras import ops
 from devise.atomicfile import atomic_path
 from devise.encoders.projector import LinearProjector
 from devise.encoders.text_encoder import TextEncoder
-from devise.errors import DataFormatError, QueryError
-from devise.numpy_model import check_query_tokens, model_fingerprint
+from devise.errors import DataFormatError
+from devise.numpy_model import TextQueryMethods, model_fingerprint
 
 MODEL_FILE = "model.keras"
 META_FILE = "model.json"
@@ -213,7 +213,7 @@ def build_devise_model(
     return DeViSEJointModel(projector, encoder, image_dim=image_dim, image_fingerprint=image_fingerprint, name="devise")
 
 
-class DeViSEModel:
+class DeViSEModel(TextQueryMethods):
     """A trained joint embedding: image features and raw text to unit vectors.
 
     Args:
@@ -248,21 +248,12 @@ class DeViSEModel:
         return self.keras_model.image_fingerprint
 
     @property
-    def max_caption_length(self) -> int:
-        return self.text_encoder.max_length
-
-    @property
     def joint_dim(self) -> int:
         return self.image_projector.output_dim
 
     @property
     def image_dim(self) -> int:
         return self.keras_model.image_dim
-
-    @property
-    def words(self) -> list[str]:
-        """The words of the model's table (each embeds with its own vector)."""
-        return self.text_encoder.vocabulary
 
     def fingerprint(self) -> str:
         """A hash of every weight, the word table and the image extractor's fingerprint.
@@ -273,26 +264,7 @@ class DeViSEModel:
         """
         return model_fingerprint(self.image_fingerprint, self.words, self.keras_model.get_weights())
 
-    # -- text ---------------------------------------------------------------------
-    def tokenize(self, text: str) -> list[str]:
-        """The tokens of ``text`` as the model's word table spells them."""
-        return self.text_encoder.tokenize(text)
-
-    def unknown_words(self, text: str) -> list[str]:
-        """The words of ``text`` that the model's word table lacks (each once, in order)."""
-        known = self.text_encoder.known_words
-        return list(dict.fromkeys(t for t in self.tokenize(text) if t not in known))
-
-    def check_query(self, text: str) -> list[str]:
-        """Refuse a query that cannot be embedded; return its unknown words otherwise.
-
-        Raises:
-            QueryError: ``text`` has no word at all, or none the model knows.
-        """
-        if not isinstance(text, str):
-            raise QueryError(f"a query is a string, got {type(text).__name__}")
-        return check_query_tokens(text, self.tokenize(text), self.text_encoder.known_words)
-
+    # -- text (tokenize, unknown_words, check_query: TextQueryMethods) ---------
     def embed_texts(self, texts: Sequence[str], *, batch_size: int = 256) -> np.ndarray:
         """Joint-space unit vectors ``(N, joint_dim)`` of captions or queries.
 

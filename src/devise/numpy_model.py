@@ -72,7 +72,44 @@ def check_query_tokens(text, tokens: Sequence[str], known: Container[str]) -> li
     return unknown
 
 
-class NumpyTextModel:
+class TextQueryMethods:
+    """The query-side methods :class:`NumpyTextModel` and :class:`devise.model.DeViSEModel` share.
+
+    Both hold a ``text_encoder`` (numpy or Keras) with ``tokenize``,
+    ``known_words``, ``vocabulary`` and ``max_length``; these methods need
+    nothing else, so the two models answer the same way.
+    """
+
+    @property
+    def max_caption_length(self) -> int:
+        return self.text_encoder.max_length
+
+    @property
+    def words(self) -> list[str]:
+        """The words of the model's table (each embeds with its own vector)."""
+        return self.text_encoder.vocabulary
+
+    def tokenize(self, text: str) -> list[str]:
+        """The tokens of ``text`` as the model's word table spells them."""
+        return self.text_encoder.tokenize(text)
+
+    def unknown_words(self, text: str) -> list[str]:
+        """The words of ``text`` that the model's word table lacks (each once, in order)."""
+        known = self.text_encoder.known_words
+        return list(dict.fromkeys(t for t in self.tokenize(text) if t not in known))
+
+    def check_query(self, text: str) -> list[str]:
+        """Refuse a query that cannot be embedded; return its unknown words otherwise.
+
+        Raises:
+            QueryError: ``text`` is not a string, has no word at all, or none the model knows.
+        """
+        if not isinstance(text, str):
+            raise QueryError(f"a query is a string, got {type(text).__name__}")
+        return check_query_tokens(text, self.tokenize(text), self.text_encoder.known_words)
+
+
+class NumpyTextModel(TextQueryMethods):
     """A saved DeViSE model's text side, run in numpy: fingerprint, word table, text -> joint vectors.
 
     The text methods match :class:`devise.model.DeViSEModel`'s, and its
@@ -163,33 +200,9 @@ class NumpyTextModel:
     def joint_dim(self) -> int:
         return self.text_encoder.output_dim
 
-    @property
-    def max_caption_length(self) -> int:
-        return self.text_encoder.max_length
-
-    @property
-    def words(self) -> list[str]:
-        """The words of the model's table."""
-        return self.text_encoder.vocabulary
-
     def fingerprint(self) -> str:
         """The fingerprint :meth:`devise.model.DeViSEModel.fingerprint` gives for the same file."""
         return self._fingerprint
-
-    def tokenize(self, text: str) -> list[str]:
-        """The tokens of ``text`` as the model's word table spells them."""
-        return self.text_encoder.tokenize(text)
-
-    def unknown_words(self, text: str) -> list[str]:
-        """The words of ``text`` that the model's word table lacks (each once, in order)."""
-        known = self.text_encoder.known_words
-        return list(dict.fromkeys(t for t in self.tokenize(text) if t not in known))
-
-    def check_query(self, text: str) -> list[str]:
-        """As :meth:`devise.model.DeViSEModel.check_query`: refuse a query with no known word."""
-        if not isinstance(text, str):
-            raise QueryError(f"a query is a string, got {type(text).__name__}")
-        return check_query_tokens(text, self.tokenize(text), self.text_encoder.known_words)
 
     def embed_texts(self, texts: Sequence[str], *, batch_size: int = 256) -> np.ndarray:
         """Joint-space unit vectors ``(N, joint_dim)`` of captions or queries (float32)."""
