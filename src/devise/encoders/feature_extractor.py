@@ -202,7 +202,7 @@ class FeatureExtractor(abc.ABC):
                 "image_encoder.mixed_precision=true needs a GPU and TensorFlow sees none; "
                 "set it to false on this machine (float32 is faster on CPUs)"
             )
-        return _dtype_policy("mixed_float16")
+        return dtype_policy("mixed_float16")
 
     def _placement(self):
         if self.device is None:
@@ -362,7 +362,8 @@ class FeatureExtractor(abc.ABC):
 
 
 @contextlib.contextmanager
-def _dtype_policy(name: str) -> Iterator[None]:
+def dtype_policy(name: str) -> Iterator[None]:
+    """Keras' global dtype policy is ``name`` inside (layers built there keep it); restored on exit."""
     import keras
 
     previous = keras.config.dtype_policy()

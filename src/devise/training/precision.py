@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-import keras
+from devise.encoders.feature_extractor import dtype_policy
 
 POLICIES = {"off": None, "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
 
@@ -31,9 +31,5 @@ def precision_policy(mixed_precision: str) -> Iterator[None]:
     if policy is None:
         yield
         return
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(policy)
-    try:
+    with dtype_policy(policy):
         yield
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
