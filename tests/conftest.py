@@ -3,6 +3,7 @@ import http.server
 import os
 import pathlib
 import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -103,6 +104,16 @@ def http_server_factory():
     for httpd in servers:
         httpd.shutdown()
         httpd.server_close()
+
+
+@pytest.fixture
+def paris_time(monkeypatch):
+    """Local time is Europe/Paris (UTC+2 in summer) for the test, whatever the machine's zone."""
+    monkeypatch.setenv("TZ", "Europe/Paris")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
 
 
 @pytest.fixture

@@ -23,16 +23,6 @@ from devise.search.photo_date import date_text, parse_exif_date, photo_date
 DIM = 4
 
 
-@pytest.fixture
-def paris_time(monkeypatch):
-    """Local time is Europe/Paris (UTC+2 in summer) for the test, whatever the machine's zone."""
-    monkeypatch.setenv("TZ", "Europe/Paris")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
-
-
 def save_photo(path: pathlib.Path, colour, *, original=None, offset=None, digitized=None, plain=None, mtime=None):
     """A real image file; EXIF tags only for the dates given; ``mtime`` as ``YYYY-MM-DD`` (UTC noon)."""
     exif = Image.Exif()

@@ -4,20 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import time
 import types
 
 import pytest
 from PIL import Image
-
-
-@pytest.fixture
-def paris_time(monkeypatch):
-    monkeypatch.setenv("TZ", "Europe/Paris")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
 
 
 class PhotoOnlyModel:
