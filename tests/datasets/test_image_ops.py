@@ -90,11 +90,52 @@ def image_files(tmp_path_factory) -> list[pathlib.Path]:
     files += [folder / "rgb16.png", folder / "rgba16.png"]
     files.append(_save(photo.resize((50, 31)), folder / "tiny.png"))  # enlarged
     files.append(_save(photo.resize((1000, 90)), folder / "panorama.jpg", quality=90))
+    files += _large_jpegs(folder)
     shapes = generate_shapes(folder / "shapes", images_per_category=1, image_size=128)
     files += sorted(shapes.rglob("*.jpg"))
     if EMOJI_IMAGES.is_dir():
         files += sorted(EMOJI_IMAGES.glob("*.png"))[::100]
     return files
+
+
+def _large_jpegs(folder: pathlib.Path) -> list[pathlib.Path]:
+    """JPEGs large enough for load_image to decode at 1/2, 1/4 or 1/8 scale (odd sizes, turned, grey, ...)."""
+    import skimage.data
+
+    coffee = Image.fromarray(skimage.data.coffee())  # 600x400, enlarged with detail added
+    noise = np.random.default_rng(0).integers(-20, 20, (2300, 3700, 3))
+    big = Image.fromarray(
+        (np.asarray(coffee.resize((3700, 2300), Image.Resampling.BICUBIC)) + noise).clip(0, 255).astype(np.uint8)
+    )
+    files = []
+    for width, height in ((3700, 2300), (1901, 1333), (999, 901), (3700, 700), (700, 2300)):
+        files.append(_save(big.crop((0, 0, width, height)), folder / f"large-{width}x{height}.jpg", quality=85))
+    exif = big.getexif()
+    exif[0x0112] = 6
+    files.append(_save(big.crop((0, 0, 1901, 1000)), folder / "large-exif6.jpg", quality=85, exif=exif.tobytes()))
+    files.append(_save(big.crop((0, 0, 1901, 1333)), folder / "large-progressive.jpg", quality=85, progressive=True))
+    files.append(_save(big.crop((0, 0, 1901, 1333)), folder / "large-444.jpg", quality=85, subsampling=0))
+    files.append(_save(big.crop((0, 0, 1901, 1333)).convert("L"), folder / "large-grey.jpg", quality=85))
+    return files
+
+
+def test_large_jpegs_are_decoded_at_the_same_reduced_scale(image_files):
+    """Every reduced scale and both resize modes are chosen alike in the graph (the pixel test checks the rest)."""
+    from devise.datasets.image_ops import jpeg_scale_index
+    from devise.datasets.images import jpeg_scale
+
+    seen = set()
+    for path in image_files:
+        if path.suffix != ".jpg":
+            continue
+        data = path.read_bytes()
+        with Image.open(path) as img:
+            orientation = img.getexif().get(0x0112, 1)
+            for resize in ("crop", "pad"):
+                scale = jpeg_scale(img.width, img.height, SIZE, resize, orientation)
+                assert [1, 2, 4, 8][int(jpeg_scale_index(tf.constant(data), SIZE, resize))] == scale, (path, resize)
+                seen.add(scale)
+    assert seen == {1, 2, 4, 8}
 
 
 @pytest.mark.parametrize("resize", ["crop", "pad"])

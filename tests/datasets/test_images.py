@@ -8,7 +8,7 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image, features
+from PIL import Image, JpegImagePlugin, features
 
 from devise.datasets import images as images_module
 from devise.datasets.images import load_image
@@ -258,3 +258,47 @@ def test_resize_mode_is_checked(tmp_path):
     with pytest.raises(ValueError, match=r"resize must be one of \('crop', 'pad'\), got 'squash'"):
         load_image(path, (2, 2), resize="squash")
     assert load_image(path, resize="pad").shape == (4, 4, 3)  # no size: no resizing at all
+
+
+def test_jpeg_scale_keeps_twice_the_resized_size():
+    from devise.datasets.images import jpeg_scale
+
+    assert jpeg_scale(4032, 3024, (224, 224)) == 4  # a 12-megapixel photo: 1008x756, over 2 x 224
+    assert jpeg_scale(4032, 3024, (224, 224), orientation=6) == 4
+    assert jpeg_scale(895, 2000, (224, 224)) == 1  # 895 < 2 x 2 x 224
+    assert jpeg_scale(896, 2000, (224, 224)) == 2
+    assert jpeg_scale(7200, 7200, (224, 224)) == 8
+    # A panorama: crop keeps its height's gap, pad only needs the width's.
+    assert jpeg_scale(8000, 600, (224, 224), "crop") == 1
+    assert jpeg_scale(8000, 600, (224, 224), "pad") == 8
+    # Turned photos compare the stored width with the upright height.
+    assert jpeg_scale(2000, 1000, (224, 448), "crop") == 2
+    assert jpeg_scale(2000, 1000, (224, 448), "crop", orientation=6) == 1
+
+
+def test_large_jpeg_is_decoded_reduced_and_stays_close_to_a_full_decode(tmp_path):
+    """A camera-size JPEG decodes at 1/4 scale: within one level (mean below 0.3) of decoding every pixel."""
+    import skimage.data
+
+    rng = np.random.default_rng(1)
+    photo = Image.fromarray(skimage.data.astronaut()).resize((4032, 3024), Image.Resampling.BICUBIC)
+    photo = Image.fromarray((np.asarray(photo) + rng.integers(-10, 10, (3024, 4032, 3))).clip(0, 255).astype(np.uint8))
+    path = tmp_path / "camera.jpg"
+    photo.save(path, quality=90)
+    calls = []
+    draft = JpegImagePlugin.JpegImageFile.draft
+
+    def spy(self, mode, size):
+        calls.append(size)
+        return draft(self, mode, size)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
+        reduced = load_image(path, (224, 224)).astype(int)
+    assert calls == [(1008, 756)]
+    with Image.open(path) as img:
+        full = img.convert("RGB").resize((299, 224), Image.Resampling.BILINEAR).crop((37, 0, 261, 224))
+    diff = np.abs(reduced - np.asarray(full, dtype=int))
+    assert diff.max() <= 2 and diff.mean() < 0.3
+    # Without a size (thumbnails' callers, the original pixels) nothing is reduced.
+    assert load_image(path).shape == (3024, 4032, 3)

@@ -6,7 +6,8 @@ A SavedModel that takes encoded image bytes (devise-export's
 ``tf.io``, ``tf.image`` and integer ops (Keras has no image decoder, hence
 raw ``tf`` here), and give the same pixels, not merely close ones:
 
-* JPEG (decoded with the accurate integer IDCT, Pillow's libjpeg default),
+* JPEG (decoded with the accurate integer IDCT, Pillow's libjpeg default,
+  and a large one at the same reduced scale, see ``images.jpeg_scale``),
   PNG (8- and 16-bit), GIF (first frame), BMP and WebP;
 * the EXIF orientation of a JPEG (APP1) or PNG (``eXIf``) applied, as
   ``ImageOps.exif_transpose``;
@@ -25,7 +26,13 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from devise.datasets.images import PAD_COLOUR, check_resize_mode
+from devise.datasets.images import (
+    JPEG_REDUCING_GAP,
+    JPEG_SCALES,
+    PAD_COLOUR,
+    TURNED_ORIENTATIONS,
+    check_resize_mode,
+)
 
 #: Inputs :func:`decode_image` does not treat as ``load_image`` does.
 NOT_MATCHED = (
@@ -192,15 +199,44 @@ def _grey16_to_rgb(data: tf.Tensor) -> tf.Tensor:
     return tf.tile(tf.cast(grey, tf.float32), [1, 1, 3])
 
 
-def decode_image(data: tf.Tensor) -> tf.Tensor:
-    """Encoded image bytes (a scalar string) -> RGB ``uint8 (H, W, 3)``, upright, alpha on white."""
+def jpeg_scale_index(data: tf.Tensor, size: tuple[int, int], resize: str) -> tf.Tensor:
+    """``images.jpeg_scale`` in the graph, as an index: 0 for 1/1, then 1/2, 1/4, 1/8."""
+    shape = tf.io.extract_jpeg_shape(data)
+    height, width = shape[0], shape[1]
+    turned = tf.reduce_any(tf.equal(exif_orientation(data), list(TURNED_ORIENTATIONS)))
+    target_h, target_w = size
+    target_w, target_h = tf.where(turned, target_h, target_w), tf.where(turned, target_w, target_h)
+    index = tf.constant(0)
+    for position, scale in enumerate(sorted(JPEG_SCALES), start=1):  # 2, 4, 8: each fits if the larger one does
+        wide = scale * JPEG_REDUCING_GAP * target_w <= width
+        tall = scale * JPEG_REDUCING_GAP * target_h <= height
+        fits = (wide & tall) if resize == "crop" else (wide | tall)
+        index = tf.where(fits & (scale <= tf.minimum(width, height)), position, index)
+    return index
+
+
+def _decode_jpeg(data: tf.Tensor, size: tuple[int, int] | None, resize: str) -> tf.Tensor:
+    # Pillow's libjpeg default is the accurate integer IDCT; TensorFlow's default differs by up to 5 units.
+    def at(ratio):
+        return lambda: tf.io.decode_jpeg(data, channels=0, ratio=ratio, dct_method="INTEGER_ACCURATE")
+
+    if size is None:
+        return at(1)()
+    return tf.switch_case(jpeg_scale_index(data, size, resize), [at(r) for r in (1, *sorted(JPEG_SCALES))])
+
+
+def decode_image(data: tf.Tensor, size: tuple[int, int] | None = None, resize: str = "crop") -> tf.Tensor:
+    """Encoded image bytes (a scalar string) -> RGB ``uint8 (H, W, 3)``, upright, alpha on white.
+
+    With the ``size`` and ``resize`` it will be fitted to, a large JPEG is
+    decoded at the reduced scale ``load_image`` decodes it at.
+    """
     data = tf.convert_to_tensor(data, tf.string)
 
     def decode_8_bit():
         image = tf.cond(
             tf.io.is_jpeg(data),
-            # Pillow's libjpeg default is the accurate integer IDCT; TensorFlow's default differs by up to 5 units.
-            lambda: tf.io.decode_jpeg(data, channels=0, dct_method="INTEGER_ACCURATE"),
+            lambda: _decode_jpeg(data, size, resize),
             lambda: tf.io.decode_image(data, channels=0, dtype=tf.uint8, expand_animations=False),
         )
         image = tf.cast(image, tf.float32)
@@ -307,4 +343,4 @@ def fit_image(image: tf.Tensor, size: tuple[int, int], resize: str = "crop") -> 
 
 def load_image_ops(data: tf.Tensor, size: tuple[int, int], resize: str = "crop") -> tf.Tensor:
     """Encoded bytes -> RGB ``uint8 (height, width, 3)``: :func:`decode_image` then :func:`fit_image`."""
-    return fit_image(decode_image(data), size, resize)
+    return fit_image(decode_image(data, size, resize), size, resize)

@@ -8,7 +8,7 @@ import os
 from collections.abc import Iterator
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 from devise.errors import DataFormatError
 
@@ -21,6 +21,14 @@ RESIZE_MODES = ("crop", "pad")
 
 # White, the colour alpha is composited on: see load_image.
 PAD_COLOUR = (255, 255, 255)
+
+#: libjpeg's reduced decoding scales (1/8, 1/4, 1/2), largest reduction first.
+JPEG_SCALES = (8, 4, 2)
+#: A JPEG is decoded reduced only while it stays this many times the size it is resized to (Pillow's
+#: ``thumbnail`` uses the same gap): the bilinear resize then still averages over 2 pixels or more.
+JPEG_REDUCING_GAP = 2
+#: EXIF orientations that swap width and height.
+TURNED_ORIENTATIONS = (5, 6, 7, 8)
 
 
 def check_resize_mode(resize: str) -> str:
@@ -52,6 +60,44 @@ def check_pixels(path: str, img: Image.Image) -> None:
         )
 
 
+def jpeg_scale(width: int, height: int, size: tuple[int, int], resize: str = "crop", orientation: int = 1) -> int:
+    """The libjpeg scale denominator (1, 2, 4 or 8) :func:`load_image` decodes a ``width x height`` JPEG at.
+
+    The largest reduction that leaves the decoded image at least
+    :data:`JPEG_REDUCING_GAP` times the size the resize brings it to:
+    with ``"crop"`` both sides must keep the gap, with ``"pad"`` the side
+    that fixes the scale. ``width``/``height`` are as stored; ``size`` is
+    ``(height, width)`` upright, so an EXIF orientation of 5-8 swaps it.
+    Integer arithmetic only, so :mod:`devise.datasets.image_ops` can choose
+    the same scale in the graph.
+    """
+    target_h, target_w = size
+    if orientation in TURNED_ORIENTATIONS:
+        target_w, target_h = target_h, target_w
+    for scale in JPEG_SCALES:
+        wide = scale * JPEG_REDUCING_GAP * target_w <= width
+        tall = scale * JPEG_REDUCING_GAP * target_h <= height
+        if ((wide and tall) if resize == "crop" else (wide or tall)) and scale <= min(width, height):
+            return scale
+    return 1
+
+
+def _reduce_jpeg(img: Image.Image, size: tuple[int, int], resize: str) -> None:
+    """Make Pillow decode a large JPEG at :func:`jpeg_scale` (in the DCT: fewer pixels to decode and resize).
+
+    A 12-megapixel photo brought to 224x224 decodes at 1/4 scale: about 2.5x
+    faster on one core, and the resized pixels differ from a full-size
+    decode by at most one level in our measurements (docs/extraction.md).
+    """
+    if img.format not in ("JPEG", "MPO"):
+        return
+    orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
+    scale = jpeg_scale(img.width, img.height, size, resize, orientation)
+    if scale > 1:
+        # Pillow picks the largest scale with (width // scale, height // scale) inside this size: ours.
+        img.draft("RGB", (img.width // scale, img.height // scale))
+
+
 def load_image(
     path: str | os.PathLike,
     size: tuple[int, int] | None = None,
@@ -80,6 +126,9 @@ def load_image(
       drawing new edges a CNN would respond to. On photos either colour adds
       an edge.
 
+    A JPEG much larger than ``size`` (a camera photo) is decoded at 1/2, 1/4
+    or 1/8 of its size by libjpeg itself, then resized (:func:`jpeg_scale`).
+
     Raises:
         DataFormatError: the file is missing, empty, truncated, not an
             image, or too large to decode safely. The message names the file.
@@ -96,6 +145,8 @@ def load_image(
         with Image.open(path if data is None else io.BytesIO(data)) as img:
             check_pixels(path, img)
             img.seek(0)
+            if size is not None:
+                _reduce_jpeg(img, size, resize)
             img = ImageOps.exif_transpose(img)
             img = _to_rgb(img)
             if size is not None:
