@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 
 import keras
 import numpy as np
@@ -117,3 +119,27 @@ def test_bad_input_is_one_line_and_a_failing_exit_code(tmp_path, tiny_model, cap
 
     assert main(["--images", str(tmp_path / "photos"), "image_encoder.backbone=resnet9"]) == 2
     assert "image_encoder.backbone" in capsys.readouterr().err
+
+
+COMMANDS = ("extract", "index", "beam_extract", "train", "eval", "search", "serve", "classify", "export", "dedup")
+
+
+def test_batch_extraction_commands_turn_onednn_on_unless_the_user_chose(monkeypatch):
+    """TF_ENABLE_ONEDNN_OPTS is set before TensorFlow loads, only by the batch commands, never over the user's."""
+    import importlib
+
+    from devise.cli.common import console_entry
+
+    seen = []
+    monkeypatch.setattr(sys, "argv", ["prog"])
+    for user_value, onednn, expected in ((None, True, "1"), ("0", True, "0"), (None, False, None)):
+        if user_value is None:
+            monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+        else:
+            monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", user_value)
+        entry = console_entry(lambda argv: seen.append(os.environ.get("TF_ENABLE_ONEDNN_OPTS")) or 0, onednn=onednn)
+        with pytest.raises(SystemExit):
+            entry()
+        assert seen[-1] == expected
+    commands = {name: importlib.import_module(f"devise.cli.{name}").console_main.onednn for name in COMMANDS}
+    assert commands == {name: name in ("extract", "index", "beam_extract") for name in COMMANDS}

@@ -12,7 +12,6 @@ Beam's ``PipelineOptions``; with none, the pipeline runs on the direct runner.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 
 from devise.cli.common import console_entry, quiet_tensorflow, run_command
@@ -67,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_command(PROG, body)
 
 
-console_main = console_entry(main)
+console_main = console_entry(main, onednn=True)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

@@ -137,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_command(PROG, body)
 
 
-console_main = console_entry(main)
+console_main = console_entry(main, onednn=True)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()
