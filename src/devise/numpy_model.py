@@ -30,6 +30,8 @@ _JOINT_KEYS = frozenset({"name", "trainable", "image_projector", "text_encoder",
 # Where a .keras file keeps each part's variables (class names in snake case, then attribute names).
 _IMAGE_PATHS = ("layers/linear_projector", "layers/linear_projector/dense")
 _TEXT_PATH = "layers/text_encoder"
+# Training state Keras saves with a compiled model (devise-train's): not needed to embed anything.
+_TRAINING_STATE = "optimizer"
 
 
 def model_fingerprint(image_fingerprint: str, words: Sequence[str], weights: Iterable[np.ndarray]) -> str:
@@ -166,7 +168,7 @@ class NumpyTextModel(TextQueryMethods):
             raise refuse(f"{file}: the text side is not a devise TextEncoder")
         if not isinstance(image, dict) or image.get("registered_name") != "devise>LinearProjector":
             raise refuse(f"{file}: the image side is not a devise LinearProjector")
-        paths = archive.layer_paths()
+        paths = {p for p in archive.layer_paths() if p != _TRAINING_STATE and not p.startswith(_TRAINING_STATE + "/")}
         image_paths = [p for p in _IMAGE_PATHS if p in paths]
         text_paths = {p for p in paths if p == _TEXT_PATH or p.startswith(_TEXT_PATH + "/")}
         if _IMAGE_PATHS[1] not in paths or paths - set(image_paths) - text_paths:

@@ -171,3 +171,15 @@ def test_a_model_the_numpy_path_does_not_reproduce_falls_back_to_keras(tmp_path,
 
     with pytest.raises(UnsupportedTextEncoderError, match="mixed_float16"):
         SearchEngine.load(run, index, text_backend="numpy")
+
+
+def test_a_run_trained_by_the_trainer_is_read_by_the_numpy_path(tiny_run):
+    """devise-train saves a compiled model, optimizer state included: the numpy path reads past it."""
+    from devise.numpy_model import NumpyTextModel
+
+    keras_model = DeViSEModel.load(tiny_run)
+    numpy_model = NumpyTextModel.load(tiny_run)
+    queries = ["a red circle", "two blue stars", "zxqv"]
+    np.testing.assert_allclose(numpy_model.embed_texts(queries), keras_model.embed_texts(queries), atol=1e-5, rtol=0)
+    assert numpy_model.fingerprint() == keras_model.fingerprint()
+    assert SearchEngine.load(tiny_run).text_backend == "numpy"
