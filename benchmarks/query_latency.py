@@ -2,18 +2,22 @@
 
 Usage::
 
-    python benchmarks/query_latency.py [--repeats 5] [--images 2000] [--words 100000]
+    python benchmarks/query_latency.py [--repeats 5] [--images 2000] [--words 100000] [--run RUN]
 
 Builds, in a temporary folder, a finished run directory holding a model
 shaped like the demo's (the first ``--words`` words of the offline 50-d
 GloVe vectors, or random vectors without the ``demo`` extra; LSTM 256,
 joint space 256, captions of 24 words; random weights, since latency does
 not depend on training) and an index of ``--images`` small PNG files
-(random unit embeddings). Then, taking turns in the same run so that each
+(random unit embeddings). ``--run`` uses a run devise-train wrote instead
+(what users search with: its ``model.keras`` also holds the optimizer's
+state). Then, taking turns in the same run so that each
 sees the same machine load, it times from a fresh process each:
 
 - ``python -c "import tensorflow"`` (the baseline),
-- ``devise-search --index X "a red circle" --json`` (numpy text path),
+- ``devise-search --index X "a red circle" --json --text-backend numpy``
+  (the numpy text path, which ``auto`` picks; ``numpy`` fails rather than
+  fall back to Keras if the model is one it does not read),
 - the same with ``--text-backend keras`` (the path before this one),
 
 and prints the median of each and the ratio of the search to the baseline
@@ -127,18 +131,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="fresh processes per command (median reported)")
     parser.add_argument("--images", type=int, default=2000, help="images in the index")
     parser.add_argument("--words", type=int, default=100_000, help="words in the model's table (the demo: 100k)")
+    parser.add_argument("--run", help="a finished devise-train run to search with (default: a random-weight one)")
     args = parser.parse_args()
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
     script = shutil.which("devise-search", path=os.path.dirname(sys.executable)) or shutil.which("devise-search")
     search = [script] if script else [sys.executable, "-m", "devise.cli.search"]
     base = tempfile.mkdtemp(prefix="devise-query-latency-")
     try:
-        run = demo_shaped_run(base, args.words)
+        run = args.run or demo_shaped_run(base, args.words)
         index = random_index(base, run, args.images)
         print(f"index: {args.images} images; query {QUERY!r}; {args.repeats} fresh processes each, taking turns")
         commands = {
             "import tensorflow": [sys.executable, "-c", "import tensorflow"],
-            "devise-search (numpy text)": [*search, "--index", index, QUERY, "--json"],
+            "devise-search (numpy text)": [*search, "--index", index, QUERY, "--json", "--text-backend", "numpy"],
             "devise-search --text-backend keras": [
                 *search,
                 "--index",
