@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from devise.cli.common import console_entry, quiet_tensorflow, run_command, start_tensorflow
+from devise.cli.common import console_entry, quiet_tensorflow, run_command
 
 PROG = "devise-beam-extract"
 
@@ -50,7 +50,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         image_encoder = load_config(args.config).image_encoder if args.config else None
         images = list_images(args.images, args.file_list)
-        start_tensorflow()
         summary = run_extraction(
             images,
             args.out,

@@ -19,7 +19,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from devise.cli.common import console_entry, quiet_tensorflow, read_lines, run_command, start_tensorflow
+from devise.cli.common import console_entry, quiet_tensorflow, read_lines, run_command
 
 PROG = "devise-classify"
 
@@ -57,7 +57,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         chosen = labels if args.labels is not None else read_lines(args.labels_file, "labels")
         engine = SearchEngine.load(args.run)
-        start_tensorflow()
         ranked, failures = engine.classify(args.photos, chosen, k=args.k)
         unknown = {label: engine.unknown_words(label) for label in dict.fromkeys(chosen)}
         unknown = {label: words for label, words in unknown.items() if words}

@@ -4,70 +4,20 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
-
-# Lines TensorFlow's C++ start-up writes on every run of a CPU-only machine, whatever
-# TF_CPP_MIN_LOG_LEVEL says (absl writes them before its logging is set up).
-_NO_DRIVER = "Could not find cuda drivers on your machine"
-_START_UP_CHATTER = (
-    "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
-    _NO_DRIVER,
-    "oneDNN custom operations are on",
-)
-# Said after _NO_DRIVER on a machine with no GPU driver: dropped only then (with a driver it is a real problem).
-_NO_DRIVER_CONSEQUENCE = "failed call to cuInit"
 
 
 def quiet_tensorflow() -> None:
-    """Silence TensorFlow's C++ start-up chatter unless the user set a level."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    """Silence TensorFlow's C++ start-up chatter unless the user set a level.
 
-
-def start_tensorflow() -> None:
-    """Import TensorFlow and list its devices now, without the start-up lines it writes on every run.
-
-    Called by the commands that need TensorFlow once their arguments and
-    config are checked (a bad one is still refused before this slow
-    import). What TensorFlow writes to the process's stderr meanwhile is
-    held back and replayed without :data:`_START_UP_CHATTER`; every other
-    line, and all of them if the start fails, still reaches the user, and a
-    user who set ``TF_CPP_MIN_LOG_LEVEL`` below 2 sees everything.
+    Sets ``TF_CPP_MIN_LOG_LEVEL=2`` unless set, and filters the lines it
+    does not silence out of the first TensorFlow import
+    (:mod:`devise.cli.tensorflow_start`), whenever a command makes it.
     """
-    if "tensorflow" in sys.modules:
-        return
-    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2").strip() in ("0", "1"):
-        import tensorflow as tf
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from devise.cli import tensorflow_start
 
-        tf.config.list_physical_devices()
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as held:  # a file, not a pipe: no reader thread, no full buffer
-        os.dup2(held.fileno(), 2)
-        failed = True
-        try:
-            import tensorflow as tf
-
-            tf.config.list_physical_devices()  # the CUDA platform starts here, and says so
-            failed = False
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            held.seek(0)
-            lines = held.read().decode("utf-8", "replace").splitlines(keepends=True)
-            sys.stderr.write("".join(lines if failed else _without_chatter(lines)))
-            sys.stderr.flush()
-
-
-def _without_chatter(lines: list[str]) -> list[str]:
-    no_driver = any(_NO_DRIVER in line for line in lines)
-    return [
-        line
-        for line in lines
-        if not any(text in line for text in _START_UP_CHATTER) and not (no_driver and _NO_DRIVER_CONSEQUENCE in line)
-    ]
+    tensorflow_start.install()
 
 
 def run_command(prog: str, body: Callable[[], int]) -> int:

@@ -16,7 +16,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from devise.cli.common import console_entry, quiet_tensorflow, run_command, start_tensorflow
+from devise.cli.common import console_entry, quiet_tensorflow, run_command
 
 PROG = "devise-eval"
 
@@ -43,7 +43,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_tensorflow()
 
     def body() -> int:
-        start_tensorflow()
         from devise.training.evaluate_run import evaluate_run
         from devise.training.evaluation import format_category_table, format_metrics_table
 

@@ -17,7 +17,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from devise.cli.common import console_entry, quiet_tensorflow, run_command, start_tensorflow
+from devise.cli.common import console_entry, quiet_tensorflow, run_command
 
 PROG = "devise-export"
 
@@ -46,7 +46,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_tensorflow()
 
     def body() -> int:
-        start_tensorflow()
         from devise.export import IMAGE_SIGNATURE, TEXT_SIGNATURE, export_saved_model
 
         out = export_saved_model(args.run, args.out, overwrite=args.overwrite)

@@ -24,7 +24,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from devise.cli.common import console_entry, quiet_tensorflow, run_command, start_tensorflow
+from devise.cli.common import console_entry, quiet_tensorflow, run_command
 
 PROG = "devise-extract"
 
@@ -99,7 +99,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             ids, paths, problems = _images_of_config(config)
         if not paths:
             raise DeviseError(f"{args.images or args.config}: no images found")
-        start_tensorflow()
         extractor = feature_extractor_from_config(config.image_encoder)
         out = args.out or default_cache_path(config.image_encoder.cache_dir, extractor)
         if os.path.isdir(out):

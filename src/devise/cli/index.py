@@ -12,7 +12,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from devise.cli.common import console_entry, quiet_tensorflow, run_command, start_tensorflow
+from devise.cli.common import console_entry, quiet_tensorflow, run_command
 
 PROG = "devise-index"
 
@@ -43,7 +43,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         from devise.search.engine import SearchEngine
 
         engine = SearchEngine.load(args.run)
-        start_tensorflow()
         report = engine.update_index(args.out, args.images, progress=not args.quiet, features=args.features)
         if report.shards:
             print(report.shards)

@@ -12,7 +12,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from devise.cli.common import console_entry, quiet_tensorflow, run_command, start_tensorflow
+from devise.cli.common import console_entry, quiet_tensorflow, run_command
 
 PROG = "devise-train"
 
@@ -44,11 +44,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def body() -> int:
         from devise.config import load_config
-
-        config = load_config(args.config, args.overrides)
-        start_tensorflow()
         from devise.training.resources import check_resources
 
+        config = load_config(args.config, args.overrides)
         if args.check:
             check_resources(config)
             print(f"{args.config}: config valid and every resource present")
