@@ -302,3 +302,20 @@ def test_large_jpeg_is_decoded_reduced_and_stays_close_to_a_full_decode(tmp_path
     assert diff.max() <= 2 and diff.mean() < 0.3
     # Without a size (thumbnails' callers, the original pixels) nothing is reduced.
     assert load_image(path).shape == (3024, 4032, 3)
+
+
+def test_damaged_exif_is_a_data_format_error(tmp_path):
+    """One byte turns the EXIF tag Make (ASCII) into T4Options (LONG): Pillow's unpacking raised struct.error."""
+    exif = Image.Exif()
+    exif[0x010F] = "Camera"
+    exif[ORIENTATION] = 6
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), "red").save(buffer, "JPEG", exif=exif.tobytes())
+    data = bytearray(buffer.getvalue())
+    tiff = data.find(b"Exif\x00\x00") + 6
+    assert data[tiff : tiff + 2] == b"MM" and data[tiff + 10 : tiff + 12] == b"\x01\x0f"  # the first entry: Make
+    data[tiff + 11] = 0x24
+    path = tmp_path / "damaged-exif.jpg"
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataFormatError, match="damaged-exif.jpg: cannot decode image"):
+        load_image(path, (32, 32))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import struct
 from collections.abc import Iterator
 
 import numpy as np
@@ -47,7 +48,8 @@ def decoding(path: str) -> Iterator[None]:
         raise
     except FileNotFoundError:
         raise DataFormatError(f"{path}: file not found") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except (OSError, ValueError, SyntaxError, struct.error, Image.DecompressionBombError) as exc:
+        # struct.error: Pillow unpacking an EXIF value of the wrong type (a damaged header)
         raise DataFormatError(f"{path}: cannot decode image ({exc})") from None
 
 
