@@ -57,7 +57,10 @@ def test_train_end_to_end_on_tiny_demo(tiny_demo_args, tmp_path, repo_root, monk
 
     # A second run reuses the dataset and the feature cache.
     assert main(tiny_demo_args(tmp_path) + ["trainer.epochs=1"]) == 0
-    assert "160 images (0 computed, 160 from cache" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "160 images (0 computed, 160 from cache" in err
+    # Where it ran, said in every run's log (CI has no GPU).
+    assert "devices: CPU (TensorFlow sees no GPU); 1 replica (_DefaultDistributionStrategy)" in err
 
 
 def test_check_validates_without_training(tiny_demo_args, tmp_path, repo_root, monkeypatch, capsys):

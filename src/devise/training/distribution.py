@@ -58,6 +58,23 @@ def make_strategy(name: str):
     raise DeviseError(f"trainer.strategy: unknown strategy {name!r}; use one of {', '.join(STRATEGIES)}")
 
 
+def describe_devices(strategy) -> str:
+    """Where training runs, in one line: the GPUs TensorFlow sees (or that it sees none) and the replicas.
+
+    Said in every run's log because a GPU TensorFlow cannot use (no driver,
+    a CPU-only build) leaves only a line in TensorFlow's start-up chatter,
+    which the console commands drop (:mod:`devise.cli.tensorflow_start`).
+    """
+    gpus = [device.name.split("device:")[-1] for device in tf.config.list_logical_devices("GPU")]
+    where = (
+        f"{len(gpus)} GPU{'s' if len(gpus) != 1 else ''} ({', '.join(gpus)})"
+        if gpus
+        else "CPU (TensorFlow sees no GPU)"
+    )
+    replicas = strategy.num_replicas_in_sync
+    return f"{where}; {replicas} replica{'s' if replicas != 1 else ''} ({type(strategy).__name__})"
+
+
 def is_multi_worker(strategy) -> bool:
     """Whether ``strategy`` spans several worker processes."""
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):

@@ -35,6 +35,7 @@ from devise.model import DeViSEJointModel, DeViSEModel, build_devise_model
 from devise.training.distribution import (
     chief_first,
     clip_after_summing,
+    describe_devices,
     gather_from_workers,
     is_chief,
     is_multi_worker,
@@ -237,6 +238,7 @@ class Trainer:
         """
         # First, before any TensorFlow operation: a multi-worker strategy configures the runtime.
         self._strategy = strategy = make_strategy(self.config.trainer.strategy)
+        self.log(f"devices: {describe_devices(strategy)}")
         if self.run_dir is not None:
             check_run_dir_reusable(self.run_dir)
         elif is_chief(strategy):
