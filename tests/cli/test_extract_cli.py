@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 
 import keras
@@ -119,6 +120,38 @@ def test_bad_input_is_one_line_and_a_failing_exit_code(tmp_path, tiny_model, cap
 
     assert main(["--images", str(tmp_path / "photos"), "image_encoder.backbone=resnet9"]) == 2
     assert "image_encoder.backbone" in capsys.readouterr().err
+
+
+def test_compact_a_cache_without_tensorflow(tmp_path, tiny_model, capsys):
+    photos = _photos(tmp_path / "photos", 4)
+    out = tmp_path / "features.h5"
+    args = ["--images", str(tmp_path / "photos"), "--out", str(out), "--quiet", *_backbone(tiny_model)]
+    assert main(args) == 0
+    Image.new("RGB", (24, 20), "red").save(photos[1])  # changed: extracted again, its old row stale
+    os.remove(photos[3])
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(["--compact", str(out), "--drop-missing", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["rows_before"], summary["kept"], summary["stale"], summary["missing"]) == (5, 3, 1, 1)
+    assert summary["cache"] == str(out)
+    assert main(["--compact", str(out)]) == 0
+    assert f"{out}: 3 rows: kept 3, dropped 0 stale and 0 of missing files" in capsys.readouterr().out
+    # Misuse is refused by the parser (exit 2), a non-cache in one line (exit 1).
+    for bad in (["--compact", str(out), "image_encoder.batch_size=4"], ["--images", "x", "--drop-missing"]):
+        with pytest.raises(SystemExit) as info:
+            main(bad)
+        assert info.value.code == 2
+    (tmp_path / "not-a-cache.h5").write_bytes(b"hello")
+    assert main(["--compact", str(tmp_path / "not-a-cache.h5")]) == 1
+    assert "not a readable HDF5 feature cache" in capsys.readouterr().err
+    # The compaction itself reads HDF5 and numpy only (a subprocess: this one has TensorFlow already).
+    script = (
+        "import sys; from devise.cli.extract import main\n"
+        f"code = main(['--compact', {str(out)!r}, '--quiet']); print(code, 'tensorflow' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split()[-2:] == ["0", "False"], done.stderr
 
 
 COMMANDS = ("extract", "index", "beam_extract", "train", "eval", "search", "serve", "classify", "export", "dedup")

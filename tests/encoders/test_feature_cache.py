@@ -515,3 +515,64 @@ def test_re_stamped_rows_are_read_in_blocks_not_all_at_once(tmp_path, monkeypatc
     np.testing.assert_allclose(
         cache.get_or_compute(extractor, renamed, paths, progress=False).features, _expected(ids), atol=1e-3
     )
+
+
+def test_compact_keeps_the_current_rows_and_drops_stale_and_missing_ones(tmp_path):
+    ids, paths = _write_images(tmp_path, 6)
+    _age(paths)
+    extractor = MeanColour()
+    cache = _cache(tmp_path, extractor)
+    cache.get_or_compute(extractor, [*ids, "alias"], [*paths, paths[0]], progress=False)
+    # Two files get other pixels (new rows; their old ones are stale), one is deleted.
+    for k in (1, 4):
+        Image.new("RGB", (12 + k % 3, 8 + k % 5), (k, 2 * k, 3 * k)).save(paths[k])
+    os.remove(paths[5])
+    before = cache.get_or_compute(extractor, [*ids[:5], "alias"], [*paths[:5], paths[0]], progress=False)
+    with cache.open() as store:
+        assert len(store.rows()) == 9  # 6 + the alias + 2 re-extracted
+
+    kept = cache.compact()
+    assert (kept.rows_before, kept.kept, kept.stale, kept.missing) == (9, 7, 2, 0)
+    dropped = cache.compact(drop_missing=True)
+    assert (dropped.rows_before, dropped.kept, dropped.stale, dropped.missing) == (7, 6, 0, 1)
+    assert dropped.bytes_after <= dropped.bytes_before and not _tmp_files(tmp_path)
+    assert cache.compact(drop_missing=True).kept == 6  # nothing left to do: the file is not rewritten
+
+    # The compacted cache answers the same request with the same features, computing nothing.
+    again = MeanColour()
+    after = cache.get_or_compute(again, [*ids[:5], "alias"], [*paths[:5], paths[0]], progress=False)
+    assert after.computed == 0 and again.extract_calls == 0
+    np.testing.assert_array_equal(after.features, before.features)
+    with cache.open() as store:
+        assert sorted(row.image_id for row in store.rows()) == sorted([*ids[:5], "alias"])
+
+
+def test_compact_refuses_a_damaged_cache_and_an_interrupted_one_leaves_the_old_file(tmp_path, monkeypatch):
+    ids, paths = _write_images(tmp_path, 4)
+    _age(paths)
+    extractor = MeanColour()
+    cache = _cache(tmp_path, extractor)
+    cache.get_or_compute(extractor, ids, paths, progress=False, checkpoint_every=2)
+    Image.new("RGB", (12, 8), (1, 2, 3)).save(paths[0])
+    cache.get_or_compute(extractor, ids, paths, progress=False)
+    original = pathlib.Path(cache.path).read_bytes()
+
+    from devise.encoders.feature_store import FeatureStore
+
+    def interrupted(self, infos, features):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(FeatureStore, "append", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            cache.compact()
+    assert pathlib.Path(cache.path).read_bytes() == original and not _tmp_files(tmp_path)
+
+    with h5py.File(cache.path, "r+") as f:  # flip bytes in the first append's features
+        f["features"][0] = f["features"][0] + 1.0
+    with pytest.raises(DeviseError, match="extract into it first") as info:
+        cache.compact()
+    assert "\n" not in str(info.value)
+    assert pathlib.Path(cache.path).read_bytes() != original  # only our flip: compaction wrote nothing
+    with pytest.raises(DeviseError, match="no feature cache to compact"):
+        FeatureCache(tmp_path / "nothing.h5", extractor.fingerprint()).compact()

@@ -6,6 +6,7 @@ Usage::
     devise-extract --config configs/pascal.yaml data.root=/data/pascal-sentences
     devise-extract --images photos/ --out f.h5 image_encoder.backbone=keras_application \\
         image_encoder.application=ResNet50 --json
+    devise-extract --compact pictures-features.h5 --drop-missing
 
 With ``--config``, the cache is the one ``devise-train`` reads for that
 config (``image_encoder.cache_dir``), so training afterwards extracts
@@ -13,11 +14,15 @@ nothing. Both go through the same code: :meth:`devise.encoders.FeatureCache.upda
 which reads images with :meth:`devise.encoders.FeatureExtractor.iter_features`
 (also ``devise-index``'s reader). Rerunning extracts only new or changed
 files; an interrupted run keeps every committed chunk and resumes after it.
+``--compact`` rewrites a cache without the rows of files that changed since
+(and, with ``--drop-missing``, of files that are gone); it needs no
+TensorFlow.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -38,6 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--images", help="folder of images (JPEG, PNG, WebP, GIF; recursive)")
     source.add_argument("--config", help="experiment YAML whose data section names the images")
+    source.add_argument(
+        "--compact",
+        metavar="CACHE",
+        help="rewrite this feature cache without the rows of files changed since they were extracted",
+    )
+    parser.add_argument(
+        "--drop-missing", action="store_true", help="with --compact: also drop the rows of files that are gone"
+    )
     parser.add_argument(
         "--out",
         help="feature cache file (.h5) to create or extend (default: the one devise-train uses, "
@@ -79,14 +92,33 @@ def _images_of_folder(folder: str) -> tuple[list[str], list[str]]:
     return [f.id for f in files], [f.path for f in files]
 
 
+def _compact(args) -> int:
+    from devise.encoders.feature_cache import FeatureCache
+    from devise.encoders.feature_store import stored_fingerprint
+
+    start = time.monotonic()
+    result = FeatureCache(args.compact, stored_fingerprint(args.compact)).compact(drop_missing=args.drop_missing)
+    if args.json:
+        print(json.dumps({"cache": os.path.abspath(args.compact), **dataclasses.asdict(result)}, indent=2))
+    else:
+        print(f"{args.compact}: {result.summary()}, in {time.monotonic() - start:.1f}s")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.checkpoint_every < 1:
         parser.error("--checkpoint-every must be >= 1")
+    if args.compact and (args.overrides or args.out):
+        parser.error("--compact takes the cache file alone (no --out, no key=value overrides)")
+    if args.drop_missing and not args.compact:
+        parser.error("--drop-missing goes with --compact")
     quiet_tensorflow()
 
     def body() -> int:
+        if args.compact:
+            return _compact(args)
         from devise.config import load_config
         from devise.encoders import FeatureCache, default_cache_path, feature_extractor_from_config
         from devise.errors import DeviseError

@@ -14,6 +14,7 @@ _NAMES = {
     "build_efficientnet_lite0": "devise.encoders.efficientnet_lite",
     "build_efficientnet_lite0_classifier": "devise.encoders.efficientnet_lite",
     "load_efficientnet_lite0_weights": "devise.encoders.efficientnet_lite",
+    "CacheCompaction": "devise.encoders.feature_cache",
     "CacheUpdate": "devise.encoders.feature_cache",
     "FeatureCache": "devise.encoders.feature_cache",
     "FeatureTable": "devise.encoders.feature_cache",

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 import h5py
 import numpy as np
 
+from devise.atomicfile import atomic_path
 from devise.encoders.feature_extractor import FeatureExtractor, progress_callback
 from devise.encoders.feature_store import FORMAT_VERSION, DamagedAppend, FeatureStore, RowInfo, UntrustedStore
 from devise.errors import DataFormatError, DeviseError
@@ -24,7 +25,7 @@ except ImportError:  # Windows: no flock
 #: re-stamped rows' features read per block: memory stays bounded however many rows are re-stamped.
 _BLOCK_ROWS = 1024
 
-__all__ = ["FORMAT_VERSION", "CacheUpdate", "FeatureCache", "FeatureTable", "default_cache_path"]
+__all__ = ["FORMAT_VERSION", "CacheCompaction", "CacheUpdate", "FeatureCache", "FeatureTable", "default_cache_path"]
 
 
 def default_cache_path(cache_dir: str | os.PathLike, extractor: FeatureExtractor) -> str:
@@ -71,6 +72,32 @@ class CacheUpdate:
     computed: int
     failures: list[tuple[str, str]]
     rows: int
+
+
+@dataclasses.dataclass
+class CacheCompaction:
+    """What :meth:`FeatureCache.compact` did.
+
+    Attributes:
+        rows_before: committed rows before.
+        kept: rows kept (the current version of each file, under each id it was cached under).
+        stale: rows dropped because their file changed since (a newer row replaces them).
+        missing: rows dropped because their file is gone (only with ``drop_missing``).
+        bytes_before, bytes_after: the file's size.
+    """
+
+    rows_before: int
+    kept: int
+    stale: int
+    missing: int
+    bytes_before: int
+    bytes_after: int
+
+    def summary(self) -> str:
+        return (
+            f"{self.rows_before} rows: kept {self.kept}, dropped {self.stale} stale and {self.missing} of missing "
+            f"files; {self.bytes_before / 1e6:.1f} MB -> {self.bytes_after / 1e6:.1f} MB"
+        )
 
 
 @dataclasses.dataclass
@@ -222,6 +249,65 @@ class FeatureCache:
         The cached rows' features are still read once, to check them.
         """
         return self._run(extractor, ids, paths, progress, checkpoint_every, workers, None)
+
+    def compact(self, *, drop_missing: bool = False) -> CacheCompaction:
+        """Rewrite the cache without the rows no lookup can use again; appends never shrink the file.
+
+        A file that changed is extracted again into a new row, and its old
+        rows stay (nothing written is rewritten). Compaction keeps, for each
+        file and id, the last row, if it is of the file's current version
+        (its latest size and mtime); with ``drop_missing``, also only rows
+        whose file still exists (without it, a photo on an unplugged disk
+        keeps its features). Every kept row's features are checked against
+        their digest on the way. The new file is written beside the old one
+        and replaces it in one rename, so a crash or Ctrl-C leaves the old
+        cache as it was. Holds the cache's write lock throughout.
+
+        Raises:
+            DeviseError: there is no intact cache at the path, or part of it
+                fails its checks (run an extraction on it first: that
+                recomputes those rows), or another process is writing it.
+        """
+        with _write_lock(self.path):
+            if not os.path.exists(self.path):
+                raise DeviseError(f"{self.path}: no feature cache to compact")
+            try:
+                store = FeatureStore.open(self.path, self.fingerprint)
+            except UntrustedStore as exc:
+                raise DeviseError(
+                    f"{self.path}: {exc}; nothing to compact (an extraction into it rebuilds it)"
+                ) from None
+            try:
+                if store.damaged() is not None:
+                    raise DeviseError(
+                        f"{self.path}: {store.damaged()[1]}; extract into it first (devise-extract), "
+                        "which recomputes those rows, then compact"
+                    )
+                rows = store.rows()
+                current = {info.path: (info.size, info.mtime_ns) for info in rows}  # the last row of a file wins
+                last = {(info.path, info.image_id): n for n, info in enumerate(rows)}
+                keep = sorted(n for n in last.values() if (rows[n].size, rows[n].mtime_ns) == current[rows[n].path])
+                stale = len(rows) - len(keep)
+                if drop_missing:
+                    present = [n for n in keep if os.path.isfile(rows[n].path)]
+                    missing, keep = len(keep) - len(present), present
+                else:
+                    missing = 0
+                before = os.path.getsize(self.path)
+                if len(keep) == len(rows):
+                    return CacheCompaction(len(rows), len(keep), 0, 0, before, before)
+                with atomic_path(self.path, durable=True) as tmp:
+                    with FeatureStore.create(tmp, self.fingerprint, store.dim) as new:
+                        for numbers, features in store.iter_features(keep, block_rows=_BLOCK_ROWS * 4):
+                            new.append([rows[n] for n in numbers], features)
+                    store.close()  # before the rename: Windows cannot replace an open file
+            except DamagedAppend as exc:
+                raise DeviseError(
+                    f"{self.path}: {exc}; extract into it first (devise-extract), which recomputes those rows"
+                ) from None
+            finally:
+                store.close()
+        return CacheCompaction(len(rows), len(keep), stale, missing, before, os.path.getsize(self.path))
 
     def _run(self, extractor, ids, paths, progress, checkpoint_every, workers, out) -> CacheUpdate:
         if len(ids) != len(paths):

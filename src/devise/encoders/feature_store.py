@@ -47,7 +47,7 @@ import h5py
 import numpy as np
 
 from devise.atomicfile import atomic_path
-from devise.errors import DeviseError
+from devise.errors import DataFormatError, DeviseError
 from devise.storage import h5_text
 
 FORMAT_VERSION = 3
@@ -419,6 +419,25 @@ class FeatureStore:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def stored_fingerprint(path: str | os.PathLike) -> str:
+    """The extractor fingerprint a feature cache file records (to open it without knowing its extractor).
+
+    Raises:
+        DataFormatError: the file is missing or is not an HDF5 file with one.
+    """
+    path = os.fspath(path)
+    try:
+        with h5py.File(path, "r") as f:
+            found = h5_text(f.attrs.get("fingerprint", ""))
+    except FileNotFoundError:
+        raise DataFormatError(f"{path}: feature cache not found") from None
+    except (OSError, BlockingIOError) as exc:
+        raise DataFormatError(f"{path}: not a readable HDF5 feature cache ({exc})") from None
+    if not found:
+        raise DataFormatError(f"{path}: an HDF5 file, but not a devise feature cache (no fingerprint)")
+    return found
 
 
 def _meta_digest(text: bytes, stat: np.ndarray, sha: np.ndarray) -> bytes:
