@@ -45,7 +45,7 @@ def prefer_onednn() -> None:
     newer; elsewhere (AMD EPYC and Ryzen, older Intel) convolutions run on
     Eigen. On the project's 2-core AMD EPYC machine oneDNN took
     EfficientNet-Lite0's extraction from files from 38 to 67 images/s and
-    VGG16's batches from 4.3 to 5.6 images/s (docs/extraction.md), while
+    VGG16's batches from 4.0-4.3 to 5.3-5.6 images/s (docs/extraction.md), while
     VGG16 on one image at a time got slower (4.1 to 2.7 images/s) and
     training did not change. So only the batch extraction commands call
     this, before TensorFlow is imported (TensorFlow reads the variable once,

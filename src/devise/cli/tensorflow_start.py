@@ -29,10 +29,12 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
+#: Said when the machine has no GPU driver.
+NO_DRIVER = "Could not find cuda drivers on your machine"
 #: Dropped wherever they appear in a line.
 CHATTER = (
     "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
-    "Could not find cuda drivers on your machine",
+    NO_DRIVER,
     "oneDNN custom operations are on",
 )
 #: Dropped only after the no-driver line: with a driver present it is a real problem.
@@ -41,10 +43,11 @@ NO_DRIVER_CONSEQUENCE = "failed call to cuInit"
 _FILTER = f"""
 import sys
 chatter = {[text.encode() for text in CHATTER]!r}
+no_driver_line = {NO_DRIVER.encode()!r}
 consequence = {NO_DRIVER_CONSEQUENCE.encode()!r}
 no_driver = False
 for line in sys.stdin.buffer:
-    if chatter[1] in line:
+    if no_driver_line in line:
         no_driver = True
     if any(text in line for text in chatter) or (no_driver and consequence in line):
         continue

@@ -426,6 +426,7 @@ def stored_fingerprint(path: str | os.PathLike) -> str:
 
     Raises:
         DataFormatError: the file is missing or is not an HDF5 file with one.
+        DeviseError: another process is writing it.
     """
     path = os.fspath(path)
     try:
@@ -433,7 +434,9 @@ def stored_fingerprint(path: str | os.PathLike) -> str:
             found = h5_text(f.attrs.get("fingerprint", ""))
     except FileNotFoundError:
         raise DataFormatError(f"{path}: feature cache not found") from None
-    except (OSError, BlockingIOError) as exc:
+    except BlockingIOError:
+        raise DeviseError(f"{path}: the feature cache is open in another process; wait for it to finish") from None
+    except OSError as exc:
         raise DataFormatError(f"{path}: not a readable HDF5 feature cache ({exc})") from None
     if not found:
         raise DataFormatError(f"{path}: an HDF5 file, but not a devise feature cache (no fingerprint)")
