@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -24,7 +25,8 @@ def run_command(prog: str, body: Callable[[], int]) -> int:
     """Run ``body``, turning devise errors into one message and an exit code.
 
     A :class:`~devise.errors.DeviseError` prints ``prog: error: message``
-    (no traceback) and returns its ``exit_code``; Ctrl-C returns 130.
+    (no traceback) and returns its ``exit_code``; Ctrl-C returns 130; a
+    reader that closed the output pipe (``| head``) returns 141, silently.
     """
     from devise.errors import DeviseError
 
@@ -36,6 +38,13 @@ def run_command(prog: str, body: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`devise-search ... | head`): stop quietly, as Unix tools do. Python would
+        # fail again flushing stdout at exit, so stdout now goes nowhere.
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by it
 
 
 def prefer_onednn() -> None:
