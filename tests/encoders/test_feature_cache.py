@@ -576,3 +576,23 @@ def test_compact_refuses_a_damaged_cache_and_an_interrupted_one_leaves_the_old_f
     assert pathlib.Path(cache.path).read_bytes() != original  # only our flip: compaction wrote nothing
     with pytest.raises(DeviseError, match="no feature cache to compact"):
         FeatureCache(tmp_path / "nothing.h5", extractor.fingerprint()).compact()
+
+
+def test_a_fully_cached_request_is_answered_while_another_process_holds_the_write_lock(tmp_path):
+    """devise-eval next to a notebook training on the same cache: readers do not refuse each other."""
+    import fcntl
+
+    ids, paths = _write_images(tmp_path, 3)
+    extractor = MeanColour()
+    cache = _cache(tmp_path, extractor)
+    first = cache.get_or_compute(extractor, ids, paths, progress=False)
+    with open(cache.path + ".lock", "a") as other:
+        fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        again = cache.get_or_compute(extractor, ids[::-1], paths[::-1], progress=False)
+        assert again.computed == 0
+        np.testing.assert_array_equal(again.features, first.features[::-1])
+        assert cache.update(extractor, ids, paths, progress=False).cached == 3
+        # Something to write still needs the lock.
+        new_ids, new_paths = _write_images(tmp_path, 1, start=3)
+        with pytest.raises(DeviseError, match="another process is writing this cache"):
+            cache.get_or_compute(extractor, ids + new_ids, paths + new_paths, progress=False)

@@ -317,8 +317,40 @@ class FeatureCache:
         if checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
         dim = extractor.output_dim
+        answered = self._read_only_run(ids, paths, dim, out)
+        if answered is not None:
+            return answered
         with _write_lock(self.path):
             return self._locked_run(extractor, ids, paths, progress, checkpoint_every, workers, out, dim)
+
+    def _read_only_run(self, ids, paths, dim, out) -> CacheUpdate | None:
+        """The answer when the cache already holds every request as it is (nothing to write), else ``None``.
+
+        Without the write lock, so commands that only read a cache (devise-eval
+        while a notebook trains on the same one) do not refuse each other;
+        HDF5's own lock still keeps a reader off a file being written. Anything
+        else (a file to extract, a row to re-stamp, a damaged chunk, a foreign
+        or untrusted file) goes the locked way, which deals with it.
+        """
+        if not os.path.exists(self.path) or not h5py.is_hdf5(self.path):
+            return None
+        try:
+            store = FeatureStore.open(self.path, self.fingerprint, dim=dim)
+        except (UntrustedStore, DeviseError):
+            return None
+        with store:
+            if store.damaged() is not None:
+                return None
+            plan = _plan(store, ids, paths)
+            if plan.todo or plan.restamp:
+                return None
+            try:
+                _read_found(store, plan, out)
+            except DamagedAppend:
+                if out is not None:
+                    out.clear()
+                return None
+        return CacheUpdate(len(ids), len(plan.found), 0, [], 0)
 
     def _locked_run(self, extractor, ids, paths, progress, checkpoint_every, workers, out, dim) -> CacheUpdate:
         store = self._open(dim, writable=True)
@@ -371,18 +403,8 @@ class FeatureCache:
             plan = _plan(store, ids, paths)
             if store is None:
                 return plan
-            wanted: dict[int, list[int]] = {}  # row -> the requests it answers
-            for i, n in plan.found.items():
-                wanted.setdefault(n, []).append(i)
-            rows = sorted(wanted)
             try:
-                if out is not None:
-                    for row_numbers, features in store.iter_features(rows):
-                        for n, vector in zip(row_numbers, features):
-                            for i in wanted[n]:
-                                out[i] = vector
-                elif rows:
-                    store.verify({store.append_of(n) for n in rows})
+                _read_found(store, plan, out)
             except DamagedAppend as exc:
                 self._warn(str(exc), "recomputing them and the rows written after them")
                 store.truncate(exc.index)
@@ -390,6 +412,21 @@ class FeatureCache:
                     out.clear()
                 continue
             return plan
+
+
+def _read_found(store: FeatureStore, plan: _Plan, out: dict[int, np.ndarray] | None) -> None:
+    """Check the cached rows ``plan`` relies on, reading them into ``out`` when given (raises DamagedAppend)."""
+    wanted: dict[int, list[int]] = {}  # row -> the requests it answers
+    for i, n in plan.found.items():
+        wanted.setdefault(n, []).append(i)
+    rows = sorted(wanted)
+    if out is not None:
+        for row_numbers, features in store.iter_features(rows):
+            for n, vector in zip(row_numbers, features):
+                for i in wanted[n]:
+                    out[i] = vector
+    elif rows:
+        store.verify({store.append_of(n) for n in rows})
 
 
 @contextlib.contextmanager
