@@ -23,6 +23,8 @@ from devise.errors import DeviseError
 COMPLETE_FILE = "run_complete.json"
 #: The resolved config the trainer saved at the start of the run.
 CONFIG_FILE = "config.yaml"
+#: The checkpoint an unfinished run resumes from (devise.training.resume writes it after every epoch).
+RESUME_CHECKPOINT = os.path.join("resume", "checkpoint.h5")
 
 
 def check_run_complete(run_dir: str | os.PathLike) -> None:
@@ -31,7 +33,15 @@ def check_run_complete(run_dir: str | os.PathLike) -> None:
     Raises:
         DeviseError: no :data:`COMPLETE_FILE` (the run was interrupted or is still running).
     """
-    if not os.path.isfile(os.path.join(os.fspath(run_dir), COMPLETE_FILE)):
+    run_dir = os.fspath(run_dir)
+    if not os.path.isfile(os.path.join(run_dir, COMPLETE_FILE)):
+        if os.path.isfile(os.path.join(run_dir, RESUME_CHECKPOINT)) and os.path.isfile(
+            os.path.join(run_dir, CONFIG_FILE)
+        ):
+            raise DeviseError(
+                f"{run_dir}: this run did not finish (interrupted, or still running); resume it with "
+                f"devise-train --config {os.path.join(run_dir, CONFIG_FILE)} --run-dir {run_dir}"
+            )
         raise DeviseError(
             f"{run_dir}: this run did not finish (no {COMPLETE_FILE}); its files may be from different "
             "runs. Train again (devise-train --run-dir on this folder) or use a finished run"

@@ -189,3 +189,12 @@ def test_pascal_with_downloads_that_fail_reports_why_and_how(tmp_path, repo_root
     assert "download from" in pascal and "failed" in pascal and f"{tmp_path}/pascal" in pascal
     assert "download failed" in glove and f"{tmp_path}/glove/glove.6B.zip" in glove
     assert not (tmp_path / "glove" / "glove.6B.zip").exists()
+
+
+def test_a_start_that_fails_leaves_no_empty_run_folder(tiny_demo_args, tmp_path, repo_root, monkeypatch, capsys):
+    monkeypatch.chdir(repo_root)
+    missing = tmp_path / "my_vgg16.h5"
+    args = tiny_demo_args(tmp_path) + ["image_encoder.backbone=vgg16", f"image_encoder.weights={missing}"]
+    assert main(args) == 1
+    assert f"{missing} does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())

@@ -9,6 +9,8 @@ loss difference first.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -114,8 +116,10 @@ def interrupted_run(noisy_recipe, tmp_path_factory, monkeypatch_module):
             raise KeyboardInterrupt
 
     monkeypatch_module.setattr(resume_module.TrainingCheckpoint, "on_epoch_end", stop_after_second)
-    with pytest.raises(KeyboardInterrupt):
-        devise.Trainer(noisy_recipe(base / "a"), run_dir=str(base / "stopped"), verbose=False).run()
+    log = io.StringIO()
+    with pytest.raises(KeyboardInterrupt), contextlib.redirect_stderr(log):
+        devise.Trainer(noisy_recipe(base / "a"), run_dir=str(base / "stopped"), verbose=True).run()
+    (base / "stopped.log").write_text(log.getvalue())
     monkeypatch_module.undo()
     return base / "reference", base / "stopped", base
 
@@ -125,6 +129,12 @@ def monkeypatch_module():
     patch = pytest.MonkeyPatch()
     yield patch
     patch.undo()
+
+
+def test_ctrl_c_says_how_to_resume(interrupted_run):
+    _, stopped, base = interrupted_run
+    last = (base / "stopped.log").read_text().strip().splitlines()[-1]
+    assert last == f"interrupted; resume with: devise-train --config {stopped / 'config.yaml'} --run-dir {stopped}"
 
 
 def test_every_random_state_is_restored(interrupted_run, noisy_recipe, tmp_path):

@@ -74,3 +74,17 @@ def test_a_run_directory_cannot_be_made_in_a_read_only_folder(locked_folder):
         with pytest.raises(devise.DeviseError, match="not writable") as info:
             call()
         assert str(locked) in str(info.value)
+
+
+def test_an_interrupted_run_is_refused_with_the_command_that_resumes_it(tiny_run, tmp_path, capsys):
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    for name in (COMPLETE_FILE, "model.keras", "model.json"):  # as a run stopped after an epoch
+        (run / name).unlink()
+    (run / "resume").mkdir()
+    (run / "resume" / "checkpoint.h5").write_bytes(b"a checkpoint")
+    resume = f"devise-train --config {run / 'config.yaml'} --run-dir {run}"
+    assert eval_main(["--run", str(run), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "did not finish (interrupted, or still running)" in err and err.endswith(resume)
+    with pytest.raises(devise.DeviseError, match="resume it with devise-train"):
+        SearchEngine.load(run)

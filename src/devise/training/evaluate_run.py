@@ -35,6 +35,8 @@ def check_run_directory(run_dir: str | os.PathLike) -> str:
     if not os.path.isdir(run_dir):
         raise DeviseError(f"{run_dir}: not a directory (expected a devise run directory)")
     missing = [name for name in RUN_FILES if not os.path.isfile(os.path.join(run_dir, name))]
+    if missing and "config.yaml" not in missing:
+        check_run_complete(run_dir)  # an interrupted run: say so, and how to resume it
     if missing:
         raise DeviseError(f"{run_dir}: not a devise run directory (missing {', '.join(missing)})")
     check_run_complete(run_dir)

@@ -47,9 +47,10 @@ import numpy as np
 
 from devise.atomicfile import atomic_path
 from devise.errors import DeviseError
+from devise.runs import RESUME_CHECKPOINT
 
 #: The checkpoint's path inside a run directory.
-CHECKPOINT_FILE = os.path.join("resume", "checkpoint.h5")
+CHECKPOINT_FILE = RESUME_CHECKPOINT  # devise.runs names it: readers tell an interrupted run by it
 FORMAT = "devise-training-checkpoint"
 FORMAT_VERSION = 1
 

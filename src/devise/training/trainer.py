@@ -258,7 +258,18 @@ class Trainer:
             self.log(
                 f"{worker_name(strategy)}: the chief, writes the run directory ({strategy.num_replicas_in_sync} replicas)"
             )
-        result = self._run(self.run_dir or create_run_directory(self.config.output_dir, self.config.name))
+        run_dir = self.run_dir or create_run_directory(self.config.output_dir, self.config.name)
+        try:
+            result = self._run(run_dir)
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt) and os.path.isfile(os.path.join(run_dir, CHECKPOINT_FILE)):
+                self.log(
+                    f"interrupted; resume with: devise-train --config {os.path.join(run_dir, 'config.yaml')} "
+                    f"--run-dir {run_dir}"
+                )
+            if self.run_dir is None and os.path.isdir(run_dir) and not os.listdir(run_dir):
+                os.rmdir(run_dir)  # a start that failed (a missing resource) leaves no empty run folder behind
+            raise
         # The model is saved: the checkpoint is no longer needed.
         shutil.rmtree(os.path.dirname(os.path.join(result.run_dir, CHECKPOINT_FILE)), ignore_errors=True)
         mark_run_complete(result.run_dir, sorted(os.listdir(result.run_dir)))
