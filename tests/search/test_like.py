@@ -84,3 +84,11 @@ def test_cli_like_returns_the_photo_first(small_index, capsys):
     assert search_cli.main(argv) == 0
     body = json.loads(capsys.readouterr().out)
     assert all(r["score"] >= 0.3 for r in body["results"])
+
+
+def test_cli_says_so_when_every_image_is_filtered_out(small_index, capsys):
+    run, out, _ = small_index
+    capsys.readouterr()
+    assert search_cli.main(["--index", str(out), "a red circle", "--min-score", "1.0"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and "no results" in captured.err

@@ -125,6 +125,8 @@ def _print_hits(kind: str, subject: str, hits, field: str, as_json: bool, unknow
         print(f"{PROG}: note: no word vector for {', '.join(map(repr, unknown))}; ignored", file=sys.stderr)
     for hit in hits:
         print(f"{hit.rank:>3}  {hit.score:+.3f}  {getattr(hit, field)}")
+    if not hits:
+        print(f"{PROG}: no results (every image was filtered out, or the index is empty)", file=sys.stderr)
 
 
 def _describe(args: argparse.Namespace) -> str:
