@@ -198,3 +198,32 @@ def test_a_start_that_fails_leaves_no_empty_run_folder(tiny_demo_args, tmp_path,
     assert main(args) == 1
     assert f"{missing} does not exist" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
+
+
+def test_check_lists_vgg16_weights_a_run_would_download_and_a_failed_download_gives_usable_advice(
+    tiny_demo_args, tmp_path, repo_root, monkeypatch, capsys
+):
+    """No internet here: the failed download is a stand-in (fetch_vgg16_weights raising, as it does offline)."""
+    from devise.download import DownloadError
+    from devise.encoders import vgg16
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty_keras_home"))
+    monkeypatch.chdir(repo_root)
+    args = tiny_demo_args(tmp_path) + [
+        "image_encoder.backbone=vgg16",
+        "image_encoder.weights=imagenet",
+        "image_encoder.allow_download=true",
+    ]
+    assert main([*args, "--check"]) == 1
+    err = capsys.readouterr().err
+    assert "VGG16 ImageNet weights: not in the Keras cache yet" in err and "devise-train downloads them" in err
+
+    def offline():
+        print("Downloading data from https://storage.googleapis.com/...")  # as Keras' get_file does, on stdout
+        raise DownloadError(vgg16.VGG16_WEIGHTS_URL, "no route to host")
+
+    monkeypatch.setattr(vgg16, "fetch_vgg16_weights", offline)
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    assert "download failed" in captured.err and "set image_encoder.allow_download=true" not in captured.err
+    assert "Downloading data from" not in captured.out  # stdout stays for results

