@@ -398,6 +398,10 @@ def test_cli_prints_failures_and_exits_nonzero(server, tmp_path, capsys):
     assert code == 1
     assert err.startswith("devise-download: error: cannot download") and "HTTP 404" in err
     assert "Traceback" not in err
+    # ... and a destination it had to create is not left behind, empty.
+    fresh = tmp_path / "fresh" / "pascal"
+    assert download_main(["pascal", "--dest", str(fresh), "--url", server.base + "/nowhere/", "--quiet"]) == 1
+    assert not fresh.exists() and "HTTP 404" in capsys.readouterr().err
 
 
 def test_destination_that_cannot_be_a_folder_is_one_error_line(server, tmp_path, capsys):

@@ -18,6 +18,7 @@ is already complete and resumes partial ``.part`` files.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import datetime
 import html.parser
@@ -314,11 +315,18 @@ def download_pascal(
             ``.part`` files are left incomplete and the manifest is written.
     """
     dest_path = pathlib.Path(dest)
-    make_folder(dest_path, url)
-    page = fetch_bytes(url, retries=retries, timeout=timeout, backoff=backoff)
-    entries = parse_pascal_page(_decode_page(page), url)
-    if not entries:
-        raise DownloadError(url, 'the page lists no images (expected <img src="<category>/<file>.jpg"> rows)')
+    created = not dest_path.exists()
+    make_folder(dest_path, url)  # first: an impossible destination is refused before any download
+    try:
+        page = fetch_bytes(url, retries=retries, timeout=timeout, backoff=backoff)
+        entries = parse_pascal_page(_decode_page(page), url)
+        if not entries:
+            raise DownloadError(url, 'the page lists no images (expected <img src="<category>/<file>.jpg"> rows)')
+    except BaseException:
+        if created:  # offline, or a wrong URL: leave no empty dataset folder behind
+            with contextlib.suppress(OSError):
+                dest_path.rmdir()
+        raise
 
     if progress is True:
         bar = ProgressBar("Pascal images")
