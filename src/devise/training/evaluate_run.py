@@ -16,7 +16,7 @@ from devise.datasets.report import DataReport
 from devise.encoders.registry import feature_extractor_from_config
 from devise.errors import DeviseError
 from devise.model import DeViSEModel
-from devise.runs import check_run_complete, read_run_config
+from devise.runs import RESUME_CHECKPOINT, check_run_complete, read_run_config
 from devise.training.evaluation import evaluate_retrieval, format_markdown_report
 from devise.training.run_directory import write_json, write_text
 from devise.training.trainer import Trainer
@@ -35,7 +35,7 @@ def check_run_directory(run_dir: str | os.PathLike) -> str:
     if not os.path.isdir(run_dir):
         raise DeviseError(f"{run_dir}: not a directory (expected a devise run directory)")
     missing = [name for name in RUN_FILES if not os.path.isfile(os.path.join(run_dir, name))]
-    if missing and "config.yaml" not in missing:
+    if missing and os.path.isfile(os.path.join(run_dir, RESUME_CHECKPOINT)):
         check_run_complete(run_dir)  # an interrupted run: say so, and how to resume it
     if missing:
         raise DeviseError(f"{run_dir}: not a devise run directory (missing {', '.join(missing)})")

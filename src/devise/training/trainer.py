@@ -238,7 +238,6 @@ class Trainer:
         """
         # First, before any TensorFlow operation: a multi-worker strategy configures the runtime.
         self._strategy = strategy = make_strategy(self.config.trainer.strategy)
-        self.log(f"devices: {describe_devices(strategy)}")
         if self.run_dir is not None:
             check_run_dir_reusable(self.run_dir)
         elif is_chief(strategy):
@@ -334,6 +333,7 @@ class Trainer:
         )
         save_config(config, os.path.join(run_dir, "config.yaml"))
         self.log(f"run directory: {run_dir}")
+        self.log(f"devices: {describe_devices(self._strategy)}")
         from devise.training.zeroshot_run import is_zeroshot, run_zeroshot
 
         if is_zeroshot(config):
