@@ -32,6 +32,7 @@ from devise.encoders.registry import feature_extractor_from_config
 from devise.errors import DeviseError
 from devise.losses.hinge_rank import HingeRankLoss
 from devise.model import DeViSEJointModel, DeViSEModel, build_devise_model
+from devise.runs import CONFIG_FILE
 from devise.training.distribution import (
     chief_first,
     clip_after_summing,
@@ -263,7 +264,7 @@ class Trainer:
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt) and os.path.isfile(os.path.join(run_dir, CHECKPOINT_FILE)):
                 self.log(
-                    f"interrupted; resume with: devise-train --config {os.path.join(run_dir, 'config.yaml')} "
+                    f"interrupted; resume with: devise-train --config {os.path.join(run_dir, CONFIG_FILE)} "
                     f"--run-dir {run_dir}"
                 )
             if self.run_dir is None and os.path.isdir(run_dir) and not os.listdir(run_dir):
@@ -331,7 +332,7 @@ class Trainer:
             if checkpoint_dir is not None
             else None
         )
-        save_config(config, os.path.join(run_dir, "config.yaml"))
+        save_config(config, os.path.join(run_dir, CONFIG_FILE))
         self.log(f"run directory: {run_dir}")
         self.log(f"devices: {describe_devices(self._strategy)}")
         from devise.training.zeroshot_run import is_zeroshot, run_zeroshot
